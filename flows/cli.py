@@ -1,0 +1,214 @@
+"""The ``tripflow`` command line: ``run`` one day, ``backfill`` a range.
+
+Exit codes: 0 published; 1 a check failed (nothing published); 2 bad usage or a schema error;
+3 infrastructure failed after its retries. With ``--json`` exactly one JSON object goes to stdout
+and everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Prefect reads these when it is imported: no analytics (no DNS here), and a temporary local
+# server that is allowed the time it needs to start on a fresh database.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+import contextlib
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from flows import render
+from tasks.errors import TripflowError
+from tasks.metrics import add_listener, remove_listener
+
+app = typer.Typer(
+    help="tripflow: a day of trips from source to warehouse, published exactly once.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 110)
+
+DateOpt = Annotated[
+    datetime | None,
+    typer.Option("--date", formats=["%Y-%m-%d"], help="Business day; default yesterday."),
+]
+SourceOpt = Annotated[
+    str | None, typer.Option("--source", help="synthetic (default), sample, or file:PATH.")
+]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="File column mapping: trips or nyc-tlc-yellow.")
+]
+RowsOpt = Annotated[int | None, typer.Option("--rows", help="Synthetic trips per day.")]
+StagingOpt = Annotated[str | None, typer.Option("--staging", help="Staging folder or URL.")]
+WarehouseOpt = Annotated[
+    str | None, typer.Option("--warehouse", help="Warehouse, e.g. duckdb:PATH.")
+]
+MinRowsOpt = Annotated[int | None, typer.Option("--min-rows", help="Fewest rows to publish.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+class _QuietExpectedErrors(logging.Filter):
+    """Expected failures (schema errors, failed checks) are logged without a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TripflowError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_tracebacks() -> None:
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_QuietExpectedErrors())
+
+
+def _progress(event: str, stage: str, info: dict[str, object]) -> None:
+    if event == "start":
+        console.print(f"[bold cyan]▶[/] {stage} …")
+    elif info.get("failed"):
+        console.print(f"[bold red]✗[/] {stage} failed after {info['seconds']:.2f}s")
+    else:
+        console.print(
+            f"[bold green]✓[/] {stage} {info['seconds']:.2f}s, peak {info['peak_rss_mb']:.0f} MiB"
+        )
+
+
+def _settings_overrides(**values: Any) -> dict[str, Any]:
+    from tasks.config import load_settings
+
+    settings = load_settings(values)
+    return {
+        "source": settings.source,
+        "source_format": settings.format,
+        "rows": settings.rows,
+        "staging": settings.staging,
+        "warehouse": settings.warehouse,
+        "min_rows": settings.min_rows,
+    }
+
+
+@app.command()
+def run(
+    run_date: DateOpt = None,
+    source: SourceOpt = None,
+    source_format: FormatOpt = None,
+    rows: RowsOpt = None,
+    staging: StagingOpt = None,
+    warehouse: WarehouseOpt = None,
+    min_rows: MinRowsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the pipeline for one business day."""
+    report: dict[str, Any] = {}
+    code = 0
+    error: TripflowError | None = None
+    add_listener(_progress)
+    stdout = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            params = _settings_overrides(
+                source=source,
+                format=source_format,
+                rows=rows,
+                staging=staging,
+                warehouse=warehouse,
+                min_rows=min_rows,
+            )
+            from flows.daily import daily_trip_etl
+
+            _quiet_tracebacks()
+            day = run_date.date() if run_date else None
+            report = daily_trip_etl(run_date=day, **params)
+    except TripflowError as exc:
+        error, code = exc, exc.exit_code
+        report = getattr(exc, "tripflow_report", None) or _bare_report(run_date, exc)
+    except Exception as exc:  # a bug or an unexpected library failure: still one JSON object
+        code = 3
+        report = getattr(exc, "tripflow_report", None) or _bare_report(run_date, exc)
+        console.print_exception()
+    finally:
+        remove_listener(_progress)
+    if as_json:
+        stdout.write(json.dumps(report, default=str) + "\n")
+        stdout.flush()
+    else:
+        render.run_summary(console, report, error)
+    raise typer.Exit(code)
+
+
+def _bare_report(run_date: datetime | None, exc: BaseException) -> dict[str, Any]:
+    """The report of a run that failed before the flow could build one (bad settings)."""
+    error: dict[str, Any] = (
+        exc.as_dict()
+        if isinstance(exc, TripflowError)
+        else {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
+    )
+    for key in ("file", "column", "row", "value"):
+        error.setdefault(key, None)
+    return {
+        "run_date": run_date.date().isoformat() if run_date else None,
+        "status": "failed",
+        "rows": {"extracted": 0, "quarantined": 0, "loaded": 0},
+        "quarantine_reasons": {},
+        "regions": [],
+        "checks": [],
+        "stages": [],
+        "error": error,
+    }
+
+
+@app.command()
+def backfill(
+    start: Annotated[datetime, typer.Option("--start", formats=["%Y-%m-%d"], help="First day.")],
+    end: Annotated[
+        datetime, typer.Option("--end", formats=["%Y-%m-%d"], help="Last day (inclusive).")
+    ],
+    source: SourceOpt = None,
+    source_format: FormatOpt = None,
+    rows: RowsOpt = None,
+    staging: StagingOpt = None,
+    warehouse: WarehouseOpt = None,
+    min_rows: MinRowsOpt = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Days at once.")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run one flow run per day from --start to --end; exit 1 if any day failed."""
+    stdout = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            params = _settings_overrides(
+                source=source,
+                format=source_format,
+                rows=rows,
+                staging=staging,
+                warehouse=warehouse,
+                min_rows=min_rows,
+            )
+            from flows.backfill import backfill as backfill_flow
+
+            _quiet_tracebacks()
+            days = backfill_flow(
+                start=start.date(), end=end.date(), concurrency=concurrency, **params
+            )
+    except TripflowError as exc:
+        console.print(f"[bold red]error:[/] {exc.message}")
+        raise typer.Exit(exc.exit_code) from None
+    failed = [d for d in days if d.get("status") != "published"]
+    if as_json:
+        stdout.write(json.dumps({"days": days, "failed": [d["run_date"] for d in failed]}) + "\n")
+    else:
+        render.backfill_summary(console, days, params)
+    raise typer.Exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,115 @@
+"""What ``tripflow`` prints on the terminal (stderr): the regional summary, counts, checks, where
+the data went and how to see the run in the Prefect UI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tasks.errors import TripflowError
+
+
+def _num(value: float) -> str:
+    """34.2 -> '34.2', 100.0 -> '100', 51.4 -> '51.4' (at most two decimals)."""
+    text = f"{value:,.2f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def region_table(regions: list[dict[str, Any]]) -> Table:
+    table = Table(title="Regional summary", title_justify="left")
+    for name in ("region", "trips", "distance", "fare", "fare per km"):
+        table.add_column(name, justify="left" if name == "region" else "right")
+    for r in regions:
+        per_km = "-" if r["avg_fare_per_km"] is None else f"${r['avg_fare_per_km']:,.2f}/km"
+        table.add_row(
+            r["region"],
+            f"{r['trip_count']:,} trips",
+            f"{_num(r['total_distance_km'])} km",
+            f"${r['total_fare_usd']:,.2f}",
+            per_km,
+        )
+    return table
+
+
+def run_summary(console: Console, report: dict[str, Any], error: TripflowError | None) -> None:
+    status = report.get("status", "failed")
+    day = report.get("run_date")
+    if report.get("regions"):
+        console.print(region_table(report["regions"]))
+    rows = report.get("rows", {})
+    if rows:
+        console.print(
+            f"Rows: {rows.get('extracted', 0):,} extracted, {rows.get('quarantined', 0):,} "
+            f"quarantined, {rows.get('loaded', 0):,} loaded"
+        )
+    reasons = {k: v for k, v in report.get("quarantine_reasons", {}).items() if v}
+    if reasons:
+        console.print(
+            "Quarantined by reason: " + ", ".join(f"{k} {v:,}" for k, v in reasons.items())
+        )
+    if report.get("checks"):
+        checks = Table(title="Checks", title_justify="left")
+        checks.add_column("check")
+        checks.add_column("result")
+        checks.add_column("detail")
+        for c in report["checks"]:
+            mark = "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]"
+            checks.add_row(c["name"], mark, c["detail"])
+        console.print(checks)
+    if "error" in report:
+        err = report["error"]
+        console.print(f"[bold red]{err['kind']} error:[/] {err['message']}")
+    if report.get("warehouse"):
+        console.print(
+            f"Warehouse: {report['warehouse']}  (tables analytics.trips, "
+            "analytics.region_daily, analytics.trips_quarantine, analytics.runs)"
+        )
+        console.print(
+            f"Staging:   {report['staging']}/{{raw,clean,quarantine,region_daily}}/date={day}/"
+        )
+    _ui_hint(console, report.get("flow_run_id"))
+    colour = "green" if status == "published" else "red"
+    console.print(f"[bold {colour}]{day}: {status}[/]")
+
+
+def _ui_hint(console: Console, flow_run_id: str | None) -> None:
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    ui = settings.ui_url
+    if settings.api.url and ui and flow_run_id:
+        console.print(f"Prefect UI: {ui}/runs/flow-run/{flow_run_id}")
+    else:
+        console.print(
+            "Prefect UI: this run used a temporary local server. To keep runs and see them in the "
+            "UI: `uv run prefect server start`, then `export PREFECT_API_URL="
+            "http://127.0.0.1:4200/api` and run again; open http://127.0.0.1:4200/runs"
+        )
+
+
+def backfill_summary(console: Console, days: list[dict[str, Any]], params: dict[str, Any]) -> None:
+    table = Table(title="Backfill", title_justify="left")
+    for name in ("day", "status", "extracted", "quarantined", "loaded", "note"):
+        table.add_column(name)
+    for d in days:
+        rows = d.get("rows", {})
+        note = d.get("message", "")
+        colour = "green" if d.get("status") == "published" else "red"
+        table.add_row(
+            d["run_date"],
+            f"[{colour}]{d.get('status')}[/]",
+            f"{rows.get('extracted', 0):,}",
+            f"{rows.get('quarantined', 0):,}",
+            f"{rows.get('loaded', 0):,}",
+            note,
+        )
+    console.print(table)
+    failed = [d["run_date"] for d in days if d.get("status") != "published"]
+    if failed:
+        console.print(f"[bold red]{len(failed)} day(s) failed[/]; re-run one alone with:")
+        for day in failed:
+            console.print(f"  tripflow run --date {day} --source {params['source']}")
+    else:
+        console.print(f"[bold green]all {len(days)} day(s) published[/]")

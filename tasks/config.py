@@ -1,0 +1,128 @@
+"""Configuration, chosen in one place: ``tripflow.toml``, then ``TRIPFLOW_*`` variables, then flags.
+
+Each layer overrides the one before. Everything else in tripflow receives a ``Settings`` and never
+reads the environment itself. Secrets (the PII key) are resolved here and never travel as flow
+parameters, so they do not reach the Prefect API, logs or job manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tasks.errors import UsageError
+
+CONFIG_FILE = "tripflow.toml"
+ENV_PREFIX = "TRIPFLOW_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob tripflow has. Defaults are the embedded default: no cloud, no cluster."""
+
+    home: str = ".tripflow"
+    source: str = "synthetic"
+    format: str = "trips"
+    rows: int = 1_000_000
+    staging: str = ".tripflow/staging"
+    warehouse: str = "duckdb:.tripflow/warehouse.duckdb"
+    min_rows: int = 1
+    quarantine_threshold: float = 0.05
+    #: Accepted regions for the ``trips`` format; empty means "any non-empty region".
+    regions: tuple[str, ...] = ()
+    source_timezone: str = "UTC"
+    synthetic_seed: int = 42
+    pii_key_file: str = ".tripflow/pii.key"
+    #: From ``TRIPFLOW_PII_KEY`` only (never the TOML file, never a flag).
+    pii_key: str | None = field(default=None, repr=False)
+
+    def validate(self) -> Settings:
+        if self.rows < 0:
+            raise UsageError(f"rows must be >= 0, got {self.rows}")
+        if self.min_rows < 0:
+            raise UsageError(f"min_rows must be >= 0, got {self.min_rows}")
+        if not 0.0 <= self.quarantine_threshold <= 1.0:
+            raise UsageError(
+                f"quarantine_threshold must be between 0 and 1, got {self.quarantine_threshold}"
+            )
+        try:
+            ZoneInfo(self.source_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise UsageError(f"unknown source_timezone {self.source_timezone!r}") from exc
+        return self
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+_SECRET_FIELDS = {"pii_key"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "tuple[str, ...]":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(v).strip() for v in items if str(v).strip())
+        return None if value is None else str(value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"setting {name!r}: cannot read {value!r} as {kind}") from exc
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    *,
+    config_file: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the settings: defaults < ``tripflow.toml`` < ``TRIPFLOW_*`` < ``overrides`` (flags)."""
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    path = Path(config_file or env.get("TRIPFLOW_CONFIG", CONFIG_FILE))
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{path}: not valid TOML: {exc}") from exc
+        section = data.get("tripflow", data)
+        for key, value in section.items():
+            if key not in _FIELD_TYPES or key in _SECRET_FIELDS:
+                raise UsageError(f"{path}: unknown setting {key!r}")
+            values[key] = _coerce(key, value)
+    for name in _FIELD_TYPES:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value)
+    return replace(Settings(), **values).validate()
+
+
+def pii_key(settings: Settings) -> bytes:
+    """The HMAC key for PII: ``TRIPFLOW_PII_KEY``, else one generated once into a 0600 file."""
+    if settings.pii_key:
+        return settings.pii_key.encode("utf-8")
+    path = Path(settings.pii_key_file)
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A fingerprint that identifies a key without revealing it."""
+    return hmac.new(key, b"tripflow-pii-key-fingerprint", hashlib.sha256).hexdigest()[:16]

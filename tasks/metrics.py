@@ -1,0 +1,105 @@
+"""Per-stage wall time and peak memory, and the progress events the CLI shows.
+
+``ru_maxrss`` only grows, so each stage resets the kernel's high-water mark (writing ``5`` to
+``/proc/self/clear_refs``) when it starts and reads ``VmHWM`` from ``/proc/self/status`` when it
+ends.
+Where that is not allowed, the figure falls back to ``ru_maxrss`` (and says so).
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+Listener = Callable[[str, str, dict[str, object]], None]
+_listeners: list[Listener] = []
+_lock = threading.Lock()
+
+
+def add_listener(listener: Listener) -> None:
+    """Receive ``(event, stage, info)`` for every stage start (``"start"``) and end (``"end"``)."""
+    with _lock:
+        _listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+
+def notify(event: str, stage: str, info: dict[str, object]) -> None:
+    with _lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        listener(event, stage, info)
+
+
+@dataclass
+class StageMeasure:
+    name: str
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    method: str = "VmHWM"
+    failed: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "seconds": round(self.seconds, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+        }
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """The process's peak RSS since the last reset, in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def measure(stage: str) -> Iterator[StageMeasure]:
+    """Time a stage and its peak memory; tell the listeners when it starts and ends."""
+    result = StageMeasure(stage)
+    if not reset_peak_rss():
+        result.method = "ru_maxrss"
+    notify("start", stage, {})
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield result
+    except BaseException as exc:
+        result.failed = True
+        _finish(result, wall, cpu)
+        # The flow reports the stages of a failed run too.
+        exc.tripflow_stage = result.as_dict()  # type: ignore[attr-defined]
+        raise
+    else:
+        _finish(result, wall, cpu)
+
+
+def _finish(result: StageMeasure, wall: float, cpu: float) -> None:
+    result.seconds = time.perf_counter() - wall
+    result.cpu_seconds = time.process_time() - cpu
+    result.peak_rss_mb = peak_rss_mb()
+    notify("end", result.name, {**result.as_dict(), "failed": result.failed})

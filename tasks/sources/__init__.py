@@ -1,0 +1,44 @@
+"""Sources of trips, chosen by ``--source SPEC``: ``synthetic``, ``sample`` or ``file:PATH``."""
+
+from __future__ import annotations
+
+from tasks.config import Settings
+from tasks.errors import UsageError
+from tasks.formats import FORMATS
+from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail, Source
+from tasks.sources.files import FileSource, sample_source
+from tasks.sources.synthetic import SyntheticSource
+
+__all__ = ["EMPTY_STATS", "ExtractStats", "HashEmail", "Source", "make_source"]
+
+
+def make_source(settings: Settings) -> Source:
+    """The source that ``settings.source`` names (the one place a spec is parsed)."""
+    spec = settings.source.strip()
+    region_set = frozenset(settings.regions) if settings.regions else None
+    if spec == "synthetic":
+        return SyntheticSource(
+            rows=settings.rows,
+            seed=settings.synthetic_seed,
+            timezone=settings.source_timezone,
+            region_set=region_set,
+        )
+    if spec == "sample":
+        return sample_source(region_set)
+    if spec.startswith("file:"):
+        pattern = spec.removeprefix("file:")
+        if not pattern:
+            raise UsageError("--source file:PATH needs a path (a file or a glob)")
+        if settings.format not in FORMATS:
+            raise UsageError(
+                f"unknown --format {settings.format!r}; known: {', '.join(sorted(FORMATS))}"
+            )
+        return FileSource(
+            pattern,
+            FORMATS[settings.format],
+            default_timezone=settings.source_timezone,
+            region_set=region_set,
+        )
+    if spec == "postgres" or spec.startswith("postgres:"):
+        raise UsageError("--source postgres is not available yet (see the PostgreSQL issue)")
+    raise UsageError(f"unknown --source {spec!r}; use synthetic, sample or file:PATH")

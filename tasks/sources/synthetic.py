@@ -1,0 +1,139 @@
+"""A deterministic generator of realistic trips for one day, written in chunks straight to Parquet.
+
+Same (date, rows, seed) gives the same trips. Pickups follow a day's rhythm (morning and evening
+peaks), distances are log-normal, fares follow a base + per-km + per-minute tariff, and a small,
+realistic share of rows is dirty (zero distances, refunds booked as negative fares, dropoffs before
+pickups, re-sent trips) so the quality report has something to say. Never one giant frame: each
+chunk is generated, hashed and written on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date, datetime
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import polars as pl
+
+from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
+from tasks.transforms import to_raw
+
+CHUNK_ROWS: Final = 1_000_000
+REGIONS: Final = ("us-east", "us-west", "eu-west", "us-central", "ap-south")
+REGION_WEIGHTS: Final = (0.34, 0.26, 0.2, 0.12, 0.08)
+PAYMENT_TYPES: Final = ("card", "wallet", "cash")
+PAYMENT_WEIGHTS: Final = (0.62, 0.3, 0.08)
+#: Share of dirty rows, per kind (together about 0.6%).
+DIRTY_SHARE: Final = 0.0015
+
+
+def generate_chunk(
+    run_date: date, *, start: int, count: int, total: int, seed: int, timezone: str
+) -> pl.DataFrame:
+    """Rows ``start .. start+count`` of the day's ``total`` trips, in contract columns."""
+    rng = np.random.default_rng([seed, run_date.toordinal(), start])
+    # Pickup second of the local day: a mix of a flat base and morning/evening peaks.
+    which = rng.choice(3, size=count, p=[0.4, 0.28, 0.32])
+    seconds = np.where(
+        which == 0,
+        rng.uniform(0, 86_400, count),
+        np.where(
+            which == 1, rng.normal(8.5 * 3600, 5400, count), rng.normal(18 * 3600, 7200, count)
+        ),
+    )
+    seconds = np.clip(seconds, 0, 86_399.999).astype(np.int64)
+    distance = np.clip(rng.lognormal(np.log(6.0), 0.7, count), 0.3, 150.0).round(2)
+    speed_kmh = rng.uniform(14, 42, count)
+    minutes = distance / speed_kmh * 60 + rng.uniform(1, 6, count)
+    fare = (2.5 + 1.15 * distance + 0.22 * minutes).round(2)
+    riders = max(1, total // 8)
+    drivers = max(1, total // 40)
+    rider = rng.integers(0, riders, count)
+    driver = rng.integers(0, drivers, count)
+    index = np.arange(start, start + count)
+
+    dirty = rng.random(count)
+    distance = np.where(dirty < DIRTY_SHARE, 0.0, distance)
+    fare = np.where((dirty >= DIRTY_SHARE) & (dirty < 2 * DIRTY_SHARE), -fare, fare)
+    minutes = np.where((dirty >= 2 * DIRTY_SHARE) & (dirty < 3 * DIRTY_SHARE), -minutes, minutes)
+    # Re-sent trips: the same trip_id as the row before it.
+    resent = (dirty >= 3 * DIRTY_SHARE) & (dirty < 4 * DIRTY_SHARE) & (index > start)
+    trip_no = np.where(resent, index - 1, index)
+
+    midnight = datetime(run_date.year, run_date.month, run_date.day)
+    frame = pl.DataFrame(
+        {
+            "_n": trip_no,
+            "_seconds": seconds,
+            "distance_km": distance,
+            "fare_usd": fare,
+            "_minutes": minutes,
+            "_region": rng.choice(len(REGIONS), size=count, p=REGION_WEIGHTS),
+            "_rider": rider,
+            "_driver": driver,
+            "_payment": rng.choice(len(PAYMENT_TYPES), size=count, p=PAYMENT_WEIGHTS),
+            "_source_row": index + 1,
+        }
+    )
+    day = run_date.strftime("%Y%m%d")
+    pickup_local = pl.lit(midnight, dtype=pl.Datetime("us")) + pl.duration(
+        seconds=pl.col("_seconds")
+    )
+    pickup_utc = pickup_local.dt.replace_time_zone(
+        timezone, ambiguous="earliest", non_existent="null"
+    ).dt.convert_time_zone("UTC")
+    return frame.select(
+        trip_id=pl.format("T{}-{}", pl.lit(day), pl.col("_n").cast(pl.String).str.zfill(9)),
+        pickup_ts=pickup_utc,
+        dropoff_ts=pickup_utc
+        + pl.duration(microseconds=(pl.col("_minutes") * 60e6).cast(pl.Int64)),
+        distance_km=pl.col("distance_km"),
+        fare_usd=pl.col("fare_usd"),
+        region=pl.col("_region").replace_strict(dict(enumerate(REGIONS)), return_dtype=pl.String),
+        rider_id=pl.format("R{}", pl.col("_rider").cast(pl.String).str.zfill(8)),
+        rider_email=pl.format("rider{}@example.com", pl.col("_rider")),
+        driver_id=pl.format("D{}", pl.col("_driver").cast(pl.String).str.zfill(7)),
+        payment_type=pl.col("_payment").replace_strict(
+            dict(enumerate(PAYMENT_TYPES)), return_dtype=pl.String
+        ),
+        status=pl.lit("completed"),
+        trip_date=pl.lit(run_date, dtype=pl.Date),
+        _source_row=pl.col("_source_row").cast(pl.Int64),
+        _pickup_given=pl.lit(True),
+    )
+
+
+class SyntheticSource:
+    def __init__(
+        self, *, rows: int, seed: int, timezone: str, region_set: frozenset[str] | None
+    ) -> None:
+        self.rows = rows
+        self.seed = seed
+        self.timezone = timezone
+        self.region_set = region_set
+        self.description = f"synthetic (rows={rows}, seed={seed})"
+
+    def fingerprint(self) -> str:
+        text = f"synthetic:{self.rows}:{self.seed}:{self.timezone}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def extract(self, run_date: date, out_dir: Path, hash_email: HashEmail) -> ExtractStats:
+        stats = EMPTY_STATS
+        for part, start in enumerate(range(0, self.rows, CHUNK_ROWS)):
+            count = min(CHUNK_ROWS, self.rows - start)
+            chunk = generate_chunk(
+                run_date,
+                start=start,
+                count=count,
+                total=self.rows,
+                seed=self.seed,
+                timezone=self.timezone,
+            )
+            name = f"synthetic:seed={self.seed}:part-{part:05d}"
+            to_raw(chunk.lazy(), run_date, name, hash_email).sink_parquet(
+                out_dir / f"part-{part:05d}.parquet", compression="zstd"
+            )
+            stats = stats + ExtractStats(count, count, 0, 0, 1)
+        return stats

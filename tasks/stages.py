@@ -1,0 +1,222 @@
+"""The pipeline's stages as plain functions: each takes the run's context and staging paths.
+
+extract -> ``raw/``; transform ``raw/`` -> ``clean/``, ``quarantine/``, ``region_daily/``;
+load those into the run's own warehouse staging tables; validate there; publish the day.
+Each stage reads what the one before staged (never an in-memory frame), so any stage can run in
+its own process or pod and be retried alone. Prefect wrappers live in ``tasks.steps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date
+from decimal import Decimal
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import polars as pl
+
+from tasks.checks import CheckResult, run_checks
+from tasks.config import Settings, key_fingerprint, pii_key
+from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, REASONS
+from tasks.errors import InfrastructureError
+from tasks.sources import make_source
+from tasks.staging import StagedDataset, Staging
+from tasks.transforms import (
+    EmailHasher,
+    classify,
+    clean_trips,
+    quality_warnings,
+    quarantined_trips,
+    reason_counts,
+    region_daily,
+)
+from tasks.warehouses import LedgerRow, LoadResult, StagedFiles, make_warehouse
+
+QUARANTINE_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who the run is: its id, its day and its settings (with no secret in them)."""
+
+    run_id: str
+    run_date: date
+    settings: Settings
+
+    @classmethod
+    def create(cls, run_id: str, run_date: date, settings: Settings) -> RunContext:
+        return cls(run_id, run_date, replace(settings, pii_key=None))
+
+    @property
+    def staging(self) -> Staging:
+        return Staging(self.settings.staging)
+
+
+@dataclass(frozen=True)
+class ExtractOutput:
+    raw: str
+    rows: int
+    total_read: int
+    other_days: int
+    unattributed: int
+    files_read: int
+    source: str
+    source_fingerprint: str
+    pii_key_fingerprint: str
+    checksums: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TransformOutput:
+    clean: str
+    quarantine: str
+    region_daily: str
+    rows_clean: int
+    rows_quarantined: int
+    reasons: dict[str, int]
+    examples: list[dict[str, Any]]
+    warnings: dict[str, int]
+    checksums: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def extract(ctx: RunContext) -> ExtractOutput:
+    """Read the day from the source into ``raw/`` (PII hashed before anything is written)."""
+    source = make_source(ctx.settings)
+    key = pii_key(ctx.settings)
+    hasher = EmailHasher(key)
+    with ctx.staging.write("raw", ctx.run_date, ctx.run_id) as folder:
+        stats = source.extract(ctx.run_date, folder, hasher)
+    raw = ctx.staging.read("raw", ctx.run_date)
+    return ExtractOutput(
+        raw=raw.folder,
+        rows=raw.rows,
+        total_read=stats.total,
+        other_days=stats.other_days,
+        unattributed=stats.unattributed,
+        files_read=stats.files,
+        source=source.description,
+        source_fingerprint=source.fingerprint(),
+        pii_key_fingerprint=key_fingerprint(key),
+        checksums=raw.manifest["checksums"],
+    )
+
+
+def transform(ctx: RunContext) -> TransformOutput:
+    """Apply the contract's rules to ``raw/``; stage clean trips, quarantine and region totals."""
+    staging = ctx.staging
+    raw = staging.read("raw", ctx.run_date)
+    region_set = make_source(ctx.settings).region_set
+    classified = classify(raw.scan(RAW_SCHEMA), region_set)
+    with (
+        staging.write("clean", ctx.run_date, ctx.run_id) as clean_dir,
+        staging.write("quarantine", ctx.run_date, ctx.run_id) as quarantine_dir,
+    ):
+        clean_file = clean_dir / "part-00000.parquet"
+        pl.collect_all(
+            [
+                clean_trips(classified, ctx.run_id).sink_parquet(
+                    clean_file, compression="zstd", lazy=True
+                ),
+                quarantined_trips(classified, ctx.run_id).sink_parquet(
+                    quarantine_dir / "part-00000.parquet", compression="zstd", lazy=True
+                ),
+            ]
+        )
+    clean = staging.read("clean", ctx.run_date)
+    quarantine = staging.read("quarantine", ctx.run_date)
+    with staging.write("region_daily", ctx.run_date, ctx.run_id) as region_dir:
+        region_daily(clean.scan(CLEAN_SCHEMA)).sink_parquet(
+            region_dir / "part-00000.parquet", compression="zstd"
+        )
+    regions = staging.read("region_daily", ctx.run_date)
+    q = quarantine.scan(QUARANTINE_SCHEMA)
+    counts = reason_counts(q, REASONS).collect().row(0, named=True)
+    examples = q.head(QUARANTINE_EXAMPLES).collect().to_dicts()
+    warnings = quality_warnings(clean.scan(CLEAN_SCHEMA)).collect().row(0, named=True)
+    return TransformOutput(
+        clean=clean.folder,
+        quarantine=quarantine.folder,
+        region_daily=regions.folder,
+        rows_clean=clean.rows,
+        rows_quarantined=quarantine.rows,
+        reasons={reason: int(counts[reason] or 0) for reason in REASONS},
+        examples=[_jsonable(e) for e in examples],
+        warnings={k: int(v or 0) for k, v in warnings.items()},
+        checksums={d.stage: d.manifest["checksums"] for d in (clean, quarantine, regions)},
+    )
+
+
+def _transformed(ctx: RunContext) -> tuple[StagedDataset, StagedDataset, StagedDataset]:
+    """The day's three transform outputs, which must come from one transform run."""
+    staged = tuple(
+        ctx.staging.read(stage, ctx.run_date) for stage in ("clean", "quarantine", "region_daily")
+    )
+    run_ids = {d.manifest["run_id"] for d in staged}
+    if len(run_ids) != 1:
+        raise InfrastructureError(
+            f"staging for {ctx.run_date}: clean, quarantine and region_daily come from different "
+            "transform runs; run the transform stage again"
+        )
+    clean, quarantine, regions = staged
+    return clean, quarantine, regions
+
+
+def load(ctx: RunContext) -> LoadResult:
+    """Bulk-load the staged day into this run's own warehouse staging tables."""
+    clean, quarantine, regions = _transformed(ctx)
+    warehouse = make_warehouse(ctx.settings.warehouse)
+    return warehouse.load(
+        ctx.run_date,
+        ctx.run_id,
+        StagedFiles(trips=clean.files, quarantine=quarantine.files, region_daily=regions.files),
+    )
+
+
+def validate(
+    ctx: RunContext, extracted: int, quarantined: int, loaded: LoadResult
+) -> list[CheckResult]:
+    """Run every check against this run's staging tables (nothing is published here)."""
+    clean, _, _ = _transformed(ctx)
+    figures = make_warehouse(ctx.settings.warehouse).figures(ctx.run_date, loaded)
+    staged_sum = clean.manifest["checksums"].get("fare_usd_sum") or "0"
+    return run_checks(
+        figures,
+        min_rows=ctx.settings.min_rows,
+        extracted=extracted,
+        quarantined=quarantined,
+        threshold=ctx.settings.quarantine_threshold,
+        staged_rows=clean.rows,
+        staged_fare_usd_sum=Decimal(staged_sum),
+    )
+
+
+def publish(ctx: RunContext, loaded: LoadResult, ledger: LedgerRow) -> int:
+    """Replace the day in the published tables and write the ledger row, in one transaction."""
+    warehouse = make_warehouse(ctx.settings.warehouse)
+    warehouse.publish(ctx.run_date, loaded, ledger)
+    return warehouse.published_rows(ctx.run_date)
+
+
+def record_run(ctx: RunContext, ledger: LedgerRow) -> None:
+    """Write the ledger row of a run that did not publish."""
+    make_warehouse(ctx.settings.warehouse).record_run(ledger)
+
+
+def code_version() -> str:
+    try:
+        return f"tripflow {version('tripflow')}"
+    except PackageNotFoundError:
+        return "tripflow (not installed)"
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, list):
+            out[key] = [str(v) for v in value]
+        else:
+            out[key] = str(value)
+    return out

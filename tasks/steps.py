@@ -1,0 +1,155 @@
+"""Prefect tasks: thin wrappers over the plain stage functions in ``tasks.stages``.
+
+Each stage task retries twice with backoff, but only on ``InfrastructureError`` (a schema error
+or a failed check will not fix itself), has a timeout, and never caches: every stage has side
+effects, and Prefect 3 would otherwise skip a re-run of the same inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Task, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+
+from tasks import stages
+from tasks.checks import CheckResult
+from tasks.errors import InfrastructureError
+from tasks.metrics import measure
+from tasks.report import RunReport
+from tasks.stages import ExtractOutput, RunContext, TransformOutput
+from tasks.warehouses import LedgerRow, LoadResult
+
+RETRY_DELAYS = [2, 10]
+
+
+def transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only what may succeed next time: an unreachable source, store or warehouse."""
+    try:
+        state.result()
+    except InfrastructureError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+STAGE_TASK: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": RETRY_DELAYS,
+    "retry_condition_fn": transient,
+    "cache_policy": NO_CACHE,
+}
+
+
+@task(name="extract", timeout_seconds=3 * 3600, **STAGE_TASK)
+def extract(ctx: RunContext) -> tuple[ExtractOutput, dict[str, Any]]:
+    with measure("extract") as m:
+        out = stages.extract(ctx)
+    return out, m.as_dict()
+
+
+@task(name="transform", timeout_seconds=3 * 3600, **STAGE_TASK)
+def transform(ctx: RunContext) -> tuple[TransformOutput, dict[str, Any]]:
+    with measure("transform") as m:
+        out = stages.transform(ctx)
+    return out, m.as_dict()
+
+
+@task(name="load", timeout_seconds=2 * 3600, **STAGE_TASK)
+def load(ctx: RunContext) -> tuple[LoadResult, dict[str, Any]]:
+    with measure("load") as m:
+        out = stages.load(ctx)
+    return out, m.as_dict()
+
+
+@task(name="validate", timeout_seconds=3600, **STAGE_TASK)
+def validate(
+    ctx: RunContext, extracted: int, quarantined: int, loaded: LoadResult
+) -> tuple[list[CheckResult], dict[str, Any]]:
+    with measure("validate") as m:
+        out = stages.validate(ctx, extracted, quarantined, loaded)
+    return out, m.as_dict()
+
+
+@task(name="publish", timeout_seconds=2 * 3600, **STAGE_TASK)
+def publish(ctx: RunContext, loaded: LoadResult, ledger: LedgerRow) -> tuple[int, dict[str, Any]]:
+    with measure("publish") as m:
+        out = stages.publish(ctx, loaded, ledger)
+    return out, m.as_dict()
+
+
+@task(name="record-failed-run", retries=1, cache_policy=NO_CACHE)
+def record_failed_run(ctx: RunContext, ledger: LedgerRow) -> None:
+    stages.record_run(ctx, ledger)
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(report: RunReport) -> None:
+    """The regional summary and the quality report, under stable keys (history in the UI)."""
+    day = report.ctx.run_date.isoformat()
+    if report.regions:
+        create_table_artifact(
+            key="regional-summary",
+            table=report.regions,
+            description=f"Regional summary for {day} ({report.status})",
+        )
+    create_markdown_artifact(
+        key="quality-report", markdown=quality_markdown(report), description=f"Quality of {day}"
+    )
+
+
+def quality_markdown(report: RunReport) -> str:
+    data = report.as_dict()
+    rows = data["rows"]
+    lines = [
+        f"# Quality report: {data['run_date']} ({data['status']})",
+        "",
+        f"Source: `{data['source']}`",
+        "",
+        f"Rows: {rows['extracted']:,} extracted, {rows['quarantined']:,} quarantined, "
+        f"{rows['loaded']:,} loaded (quarantine share {data['quarantine_share']:.2%}).",
+        "",
+        "## Checks",
+        "",
+        "| check | passed | detail |",
+        "|---|---|---|",
+        *[
+            f"| {c['name']} | {'yes' if c['passed'] else '**NO**'} | {c['detail']} |"
+            for c in data["checks"]
+        ],
+        "",
+        "## Quarantine by reason",
+        "",
+        "| reason | rows |",
+        "|---|---|",
+        *[f"| {k} | {v:,} |" for k, v in data["quarantine_reasons"].items()],
+        "",
+        "## Other figures",
+        "",
+        *[f"- {k}: {v}" for k, v in data["quality"].items() if k != "quarantine_examples"],
+    ]
+    examples = data["quality"]["quarantine_examples"]
+    if examples:
+        cols = [
+            "trip_id",
+            "reasons",
+            "distance_km",
+            "fare_usd",
+            "region",
+            "_source_file",
+            "_source_row",
+        ]
+        lines += [
+            "",
+            "## Example quarantined rows (PII hashed)",
+            "",
+            "| " + " | ".join(cols) + " |",
+        ]
+        lines.append("|" + "---|" * len(cols))
+        lines += ["| " + " | ".join(str(e.get(c)) for c in cols) + " |" for e in examples]
+    if "error" in data:
+        lines += ["", "## Error", "", f"`{data['error']['kind']}`: {data['error']['message']}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,186 @@
+"""Pure Polars transforms of the pipeline: ``LazyFrame -> LazyFrame``, no I/O, no Prefect.
+
+The stages in ``tasks.stages`` scan staged Parquet, call these, and sink the result. Everything here
+is tested on tiny inline frames (``tests/test_transforms.py``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from datetime import date
+from typing import Final
+
+import polars as pl
+
+from tasks.contract import (
+    CLEAN_SCHEMA,
+    MONEY,
+    QUARANTINE_SCHEMA,
+    RAW_SCHEMA,
+    REGION_DAILY_SCHEMA,
+    WARN_DISTANCE_KM,
+    WARN_FARE_USD,
+)
+
+EMAIL_HASH_PREFIX: Final = "hmac-sha256:"
+
+
+class EmailHasher:
+    """HMAC-SHA256 of normalized emails, each distinct value hashed once (then remembered).
+
+    Hashing every row costs ~2.5 s per million with Python's ``hmac``; hashing the distinct values
+    of each batch and mapping them back costs a fraction of that.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._memo: dict[str, str] = {}
+
+    def __call__(self, values: pl.Series) -> pl.Series:
+        normalized = values.cast(pl.String).str.strip_chars().str.to_lowercase()
+        missing = [v for v in normalized.unique().to_list() if v and v not in self._memo]
+        for value in missing:
+            digest = hmac.digest(self._key, value.encode("utf-8"), "sha256").hex()
+            self._memo[value] = EMAIL_HASH_PREFIX + digest
+        mapping = {k: self._memo[k] for k in normalized.unique().to_list() if k}
+        return normalized.replace_strict(mapping, default=None, return_dtype=pl.String)
+
+
+def to_raw(
+    contract: pl.LazyFrame,
+    run_date: date,
+    source_file: str,
+    hash_email: Callable[[pl.Series], pl.Series],
+) -> pl.LazyFrame:
+    """The run's day of contract rows, PII replaced by its keyed hash, with lineage."""
+    return (
+        contract.filter(pl.col("trip_date") == run_date)
+        .with_columns(
+            pl.col("rider_email")
+            .map_batches(hash_email, return_dtype=pl.String)
+            .alias("rider_email_hash"),
+            pl.lit(source_file, dtype=pl.String).alias("_source_file"),
+        )
+        .select([pl.col(name).cast(dtype) for name, dtype in RAW_SCHEMA.items()])
+    )
+
+
+def day_attribution(contract: pl.LazyFrame, run_date: date) -> pl.LazyFrame:
+    """One row counting a source's rows: on the run's day, on other days, and unattributed."""
+    return contract.select(
+        total=pl.len(),
+        on_day=(pl.col("trip_date") == run_date).sum(),
+        other_days=(pl.col("trip_date") != run_date).sum(),
+        unattributed=pl.col("trip_date").is_null().sum(),
+    )
+
+
+def with_rule_reasons(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> pl.LazyFrame:
+    """Add ``reasons``: every row rule the row breaks (duplicates come later)."""
+    missing = pl.any_horizontal(
+        pl.col(c).is_null() for c in ("trip_id", "distance_km", "fare_usd", "region", "trip_date")
+    ) | (pl.col("pickup_ts").is_null() & pl.col("_pickup_given"))
+    if region_set is None:
+        unknown_region = pl.col("region").str.strip_chars() == ""
+    else:
+        unknown_region = ~pl.col("region").is_in(sorted(region_set))
+    rules = {
+        "missing_key": missing,
+        "non_positive_distance": pl.col("distance_km") <= 0,
+        "negative_fare": pl.col("fare_usd") < 0,
+        "dropoff_before_pickup": pl.col("dropoff_ts") < pl.col("pickup_ts"),
+        "unknown_region": unknown_region,
+    }
+    flags = [pl.when(expr.fill_null(False)).then(pl.lit(name)) for name, expr in rules.items()]
+    return raw.with_columns(reasons=pl.concat_list(flags).list.drop_nulls())
+
+
+def with_duplicate_reason(flagged: pl.LazyFrame) -> pl.LazyFrame:
+    """Among rows that pass the other rules, keep the first occurrence of each trip_id.
+
+    First means lowest ``_source_file``, then lowest ``_source_row``; later ones get the reason
+    ``duplicate_trip_id``. Only the (usually few) repeated ids are sorted, so this streams.
+    """
+    passing = flagged.filter(pl.col("reasons").list.len() == 0)
+    repeated = passing.group_by("trip_id").agg(pl.len().alias("_n")).filter(pl.col("_n") > 1)
+    later = (
+        passing.join(repeated.select("trip_id"), on="trip_id", how="semi")
+        .select("trip_id", "_source_file", "_source_row")
+        .sort("trip_id", "_source_file", "_source_row")
+        .filter(~pl.col("trip_id").is_first_distinct())
+        .select("_source_file", "_source_row", pl.lit(True).alias("_dup"))
+    )
+    return (
+        flagged.join(later, on=["_source_file", "_source_row"], how="left", maintain_order="left")
+        .with_columns(
+            reasons=pl.when(pl.col("_dup").fill_null(False))
+            .then(pl.concat_list(pl.col("reasons"), pl.lit(["duplicate_trip_id"])))
+            .otherwise(pl.col("reasons"))
+        )
+        .drop("_dup")
+    )
+
+
+def classify(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> pl.LazyFrame:
+    """Every raw row with the list of reasons it breaks (empty: a valid trip)."""
+    return with_duplicate_reason(with_rule_reasons(raw, region_set))
+
+
+def clean_trips(classified: pl.LazyFrame, run_id: str) -> pl.LazyFrame:
+    """Valid trips with derived columns, money as DECIMAL(18,2) and the run's lineage."""
+    minutes = (pl.col("dropoff_ts") - pl.col("pickup_ts")).dt.total_microseconds() / 60e6
+    return (
+        classified.filter(pl.col("reasons").list.len() == 0)
+        .with_columns(
+            duration_min=minutes.round(2),
+            fare_per_km=(pl.col("fare_usd") / pl.col("distance_km")).round(4),
+            fare_usd=pl.col("fare_usd").round(2).cast(MONEY),
+            _run_id=pl.lit(run_id, dtype=pl.String),
+        )
+        .select([pl.col(name).cast(dtype) for name, dtype in CLEAN_SCHEMA.items()])
+    )
+
+
+def quarantined_trips(classified: pl.LazyFrame, run_id: str) -> pl.LazyFrame:
+    """Rows that break a rule, each with every reason it breaks."""
+    return (
+        classified.filter(pl.col("reasons").list.len() > 0)
+        .with_columns(_run_id=pl.lit(run_id, dtype=pl.String))
+        .select([pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()])
+    )
+
+
+def region_daily(clean: pl.LazyFrame) -> pl.LazyFrame:
+    """Trips, distance and fare per day and region; fare per km is total fare / total distance."""
+    return (
+        clean.group_by("trip_date", "region")
+        .agg(
+            trip_count=pl.len(),
+            _distance=pl.col("distance_km").sum(),
+            total_fare_usd=pl.col("fare_usd").sum(),
+        )
+        .with_columns(
+            total_distance_km=pl.col("_distance").round(2),
+            avg_fare_per_km=pl.when(pl.col("_distance") > 0)
+            .then(pl.col("total_fare_usd").cast(pl.Float64) / pl.col("_distance"))
+            .round(2),
+        )
+        .select([pl.col(name).cast(dtype) for name, dtype in REGION_DAILY_SCHEMA.items()])
+        .sort("trip_date", "region")
+    )
+
+
+def reason_counts(quarantine: pl.LazyFrame, reasons: tuple[str, ...]) -> pl.LazyFrame:
+    """One row: how many quarantined rows list each reason (a row counts under each of its)."""
+    return quarantine.select(
+        [pl.col("reasons").list.contains(reason).sum().alias(reason) for reason in reasons]
+    )
+
+
+def quality_warnings(clean: pl.LazyFrame) -> pl.LazyFrame:
+    """One row counting valid-but-odd trips: very long, very expensive."""
+    return clean.select(
+        long_trips=(pl.col("distance_km") > WARN_DISTANCE_KM).sum(),
+        expensive_trips=(pl.col("fare_usd").cast(pl.Float64) > WARN_FARE_USD).sum(),
+    )

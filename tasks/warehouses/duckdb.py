@@ -1,0 +1,316 @@
+"""DuckDB, the embedded default warehouse: one file, bulk-loaded straight from staged Parquet.
+
+DuckDB allows one writer per file, so every write holds an exclusive lock on ``<file>.lock`` for its
+whole connection: concurrent runs (a backfill, or two runs of one day) load and publish one at a
+time, and each publish replaces the day in one transaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+
+from tasks.errors import InfrastructureError
+from tasks.warehouses.base import (
+    Figures,
+    LedgerRow,
+    LoadResult,
+    StagedFiles,
+    identifier,
+    staging_suffix,
+)
+
+SCHEMA: Final = "analytics"
+STAGING_SCHEMA: Final = "analytics_staging"
+
+CREATE_SCHEMAS: Final = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE SCHEMA IF NOT EXISTS {STAGING_SCHEMA};
+"""
+
+TRIPS_COLUMNS: Final = """
+    trip_id VARCHAR NOT NULL,
+    trip_date DATE NOT NULL,
+    pickup_ts TIMESTAMPTZ,
+    dropoff_ts TIMESTAMPTZ,
+    distance_km DOUBLE NOT NULL,
+    fare_usd DECIMAL(18, 2) NOT NULL,
+    region VARCHAR NOT NULL,
+    rider_id VARCHAR,
+    rider_email_hash VARCHAR,
+    driver_id VARCHAR,
+    payment_type VARCHAR,
+    status VARCHAR,
+    duration_min DOUBLE,
+    fare_per_km DOUBLE,
+    _run_id VARCHAR NOT NULL,
+    _source_file VARCHAR NOT NULL,
+    _source_row BIGINT NOT NULL
+"""
+
+QUARANTINE_COLUMNS: Final = """
+    trip_id VARCHAR,
+    trip_date DATE NOT NULL,
+    pickup_ts TIMESTAMPTZ,
+    dropoff_ts TIMESTAMPTZ,
+    distance_km DOUBLE,
+    fare_usd DOUBLE,
+    region VARCHAR,
+    rider_id VARCHAR,
+    rider_email_hash VARCHAR,
+    driver_id VARCHAR,
+    payment_type VARCHAR,
+    status VARCHAR,
+    _source_file VARCHAR NOT NULL,
+    _source_row BIGINT NOT NULL,
+    _pickup_given BOOLEAN,
+    reasons VARCHAR[] NOT NULL,
+    _run_id VARCHAR NOT NULL
+"""
+
+REGION_DAILY_COLUMNS: Final = """
+    trip_date DATE NOT NULL,
+    region VARCHAR NOT NULL,
+    trip_count BIGINT NOT NULL,
+    total_distance_km DOUBLE NOT NULL,
+    total_fare_usd DECIMAL(18, 2) NOT NULL,
+    avg_fare_per_km DOUBLE
+"""
+
+CREATE_TABLES: Final = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.trips ({TRIPS_COLUMNS});
+CREATE TABLE IF NOT EXISTS {SCHEMA}.trips_quarantine ({QUARANTINE_COLUMNS});
+CREATE TABLE IF NOT EXISTS {SCHEMA}.region_daily ({REGION_DAILY_COLUMNS});
+CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (
+    run_id VARCHAR NOT NULL,
+    run_date DATE NOT NULL,
+    status VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    source_fingerprint VARCHAR NOT NULL,
+    format VARCHAR NOT NULL,
+    code_version VARCHAR NOT NULL,
+    pii_key_fingerprint VARCHAR NOT NULL,
+    rows_extracted BIGINT NOT NULL,
+    rows_quarantined BIGINT NOT NULL,
+    rows_loaded BIGINT NOT NULL,
+    stages JSON NOT NULL,
+    checks JSON NOT NULL,
+    error VARCHAR,
+    started_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+#: Bulk load: DuckDB reads the staged Parquet itself (never row-by-row INSERTs).
+CREATE_STAGING_TABLE: Final = (
+    "CREATE OR REPLACE TABLE {staging}.{table}_{suffix} ({columns});\n"
+    "INSERT INTO {staging}.{table}_{suffix} BY NAME\n"
+    "SELECT * FROM read_parquet($files, hive_partitioning = false);"
+)
+CREATE_EMPTY_STAGING_TABLE: Final = (
+    "CREATE OR REPLACE TABLE {staging}.{table}_{suffix} ({columns});"
+)
+
+STAGING_FIGURES: Final = """
+SELECT count(*) AS rows,
+       coalesce(sum(fare_usd), 0) AS fare_usd_sum,
+       count(*) - count(DISTINCT trip_id) AS duplicate_trip_ids
+FROM {staging}.trips_{suffix}
+"""
+
+REGION_MISMATCHES: Final = """
+WITH trip_level AS (
+    SELECT trip_date, region, count(*) AS trip_count,
+           round(sum(distance_km), 2) AS total_distance_km, sum(fare_usd) AS total_fare_usd
+    FROM {staging}.trips_{suffix}
+    GROUP BY trip_date, region
+)
+SELECT coalesce(t.region, r.region) AS region
+FROM trip_level t
+FULL OUTER JOIN {staging}.region_daily_{suffix} r
+  ON t.trip_date = r.trip_date AND t.region = r.region
+WHERE t.trip_count IS DISTINCT FROM r.trip_count
+   OR t.total_fare_usd IS DISTINCT FROM r.total_fare_usd
+   OR abs(t.total_distance_km - r.total_distance_km) > 0.011
+   OR t.region IS NULL OR r.region IS NULL
+ORDER BY 1
+"""
+
+#: Rows published for each of D-7 .. D-1, from the latest published run of each day.
+PUBLISHED_HISTORY: Final = f"""
+SELECT run_date, rows_loaded
+FROM {SCHEMA}.runs
+WHERE status = 'published' AND run_date >= $start AND run_date < $end
+QUALIFY row_number() OVER (PARTITION BY run_date ORDER BY finished_at DESC) = 1
+"""
+
+DELETE_DAY: Final = "DELETE FROM {schema}.{table} WHERE trip_date = $run_date"
+INSERT_DAY: Final = "INSERT INTO {schema}.{table} SELECT * FROM {staging}.{table}_{suffix}"
+DROP_STAGING_TABLE: Final = "DROP TABLE IF EXISTS {staging}.{table}_{suffix}"
+INSERT_LEDGER: Final = f"""
+INSERT INTO {SCHEMA}.runs VALUES (
+    $run_id, $run_date, $status, $source, $source_fingerprint, $format, $code_version,
+    $pii_key_fingerprint, $rows_extracted, $rows_quarantined, $rows_loaded, $stages, $checks,
+    $error, $started_at, $finished_at
+)
+"""
+PUBLISHED_ROWS: Final = f"SELECT count(*) FROM {SCHEMA}.trips WHERE trip_date = $run_date"
+
+#: (published table, the ``StagedFiles`` field it loads from, its columns)
+PUBLISHED_TABLES: Final = (
+    ("trips", "trips", TRIPS_COLUMNS),
+    ("trips_quarantine", "quarantine", QUARANTINE_COLUMNS),
+    ("region_daily", "region_daily", REGION_DAILY_COLUMNS),
+)
+
+LOCK_TIMEOUT_SECONDS: Final = 3600.0
+
+
+class DuckDBWarehouse:
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.description = f"duckdb:{path}"
+
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection holding the file's writer lock (shared for readers)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(f"{self.path}.lock", "a+")  # noqa: SIM115 - held for the connection
+        except OSError as exc:
+            raise InfrastructureError(f"warehouse {self.path}: {exc}") from exc
+        try:
+            _lock(lock, fcntl.LOCK_SH if read_only else fcntl.LOCK_EX, self.path)
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+            except duckdb.Error as exc:
+                raise InfrastructureError(f"warehouse {self.path}: cannot open: {exc}") from exc
+            try:
+                yield con
+            finally:
+                con.close()
+        finally:
+            lock.close()
+
+    def ensure_tables(self) -> None:
+        with self.connect() as con:
+            con.execute(CREATE_SCHEMAS)
+            con.execute(CREATE_TABLES)
+
+    def load(self, run_date: date, run_id: str, files: StagedFiles) -> LoadResult:
+        suffix = staging_suffix(run_date, run_id)
+        counts: dict[str, int] = {}
+        with self.connect() as con:
+            con.execute(CREATE_SCHEMAS)
+            con.execute(CREATE_TABLES)
+            for table, field, columns in PUBLISHED_TABLES:
+                paths = list(getattr(files, field))
+                names = {
+                    "staging": STAGING_SCHEMA,
+                    "table": table,
+                    "suffix": suffix,
+                    "columns": columns,
+                }
+                try:
+                    if paths:
+                        con.execute(CREATE_STAGING_TABLE.format(**names), {"files": paths})
+                    else:
+                        con.execute(CREATE_EMPTY_STAGING_TABLE.format(**names))
+                except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                    raise InfrastructureError(
+                        f"warehouse {self.path}: loading {table}: {exc}"
+                    ) from exc
+                row = con.execute(
+                    f"SELECT count(*) FROM {STAGING_SCHEMA}.{identifier(table)}_{suffix}"
+                ).fetchone()
+                counts[table] = int(row[0]) if row else 0
+        return LoadResult(
+            suffix, counts["trips"], counts["trips_quarantine"], counts["region_daily"]
+        )
+
+    def figures(self, run_date: date, load: LoadResult) -> Figures:
+        names = {"staging": STAGING_SCHEMA, "suffix": identifier("t_" + load.suffix)[2:]}
+        with self.connect() as con:
+            row = con.execute(STAGING_FIGURES.format(**names)).fetchone()
+            assert row is not None
+            mismatches = [r[0] for r in con.execute(REGION_MISMATCHES.format(**names)).fetchall()]
+            history = {
+                d: int(n)
+                for d, n in con.execute(
+                    PUBLISHED_HISTORY,
+                    {"start": run_date - timedelta(days=7), "end": run_date},
+                ).fetchall()
+            }
+        return Figures(
+            rows=int(row[0]),
+            fare_usd_sum=Decimal(row[1]),
+            duplicate_trip_ids=int(row[2]),
+            region_mismatches=mismatches,
+            history=history,
+        )
+
+    def publish(self, run_date: date, load: LoadResult, ledger: LedgerRow) -> None:
+        suffix = identifier("t_" + load.suffix)[2:]
+        with self.connect() as con:
+            try:
+                con.execute("BEGIN TRANSACTION")
+                for table, _, _ in PUBLISHED_TABLES:
+                    con.execute(
+                        DELETE_DAY.format(schema=SCHEMA, table=table), {"run_date": run_date}
+                    )
+                    con.execute(
+                        INSERT_DAY.format(
+                            schema=SCHEMA, table=table, staging=STAGING_SCHEMA, suffix=suffix
+                        )
+                    )
+                con.execute(INSERT_LEDGER, _ledger_params(ledger))
+                con.execute("COMMIT")
+            except duckdb.Error as exc:
+                con.execute("ROLLBACK")
+                raise InfrastructureError(f"warehouse {self.path}: publish failed: {exc}") from exc
+            for table, _, _ in PUBLISHED_TABLES:
+                con.execute(
+                    DROP_STAGING_TABLE.format(staging=STAGING_SCHEMA, table=table, suffix=suffix)
+                )
+
+    def record_run(self, ledger: LedgerRow) -> None:
+        with self.connect() as con:
+            con.execute(CREATE_SCHEMAS)
+            con.execute(CREATE_TABLES)
+            con.execute(INSERT_LEDGER, _ledger_params(ledger))
+
+    def published_rows(self, run_date: date) -> int:
+        with self.connect(read_only=True) as con:
+            row = con.execute(PUBLISHED_ROWS, {"run_date": run_date}).fetchone()
+        return int(row[0]) if row else 0
+
+
+def _ledger_params(ledger: LedgerRow) -> dict[str, Any]:
+    params = dict(ledger.__dict__)
+    params["stages"] = json.dumps(ledger.stages, sort_keys=True, default=str)
+    params["checks"] = json.dumps(ledger.checks, sort_keys=True, default=str)
+    return params
+
+
+def _lock(handle: Any, mode: int, path: Path) -> None:
+    deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise InfrastructureError(
+                    f"warehouse {path}: still locked by another run after "
+                    f"{LOCK_TIMEOUT_SECONDS:.0f}s"
+                ) from None
+            time.sleep(0.05)
