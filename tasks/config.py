@@ -108,10 +108,22 @@ def load_settings(
     return replace(Settings(), **values).validate()
 
 
+def retry_delays(environ: dict[str, str] | None = None) -> list[float]:
+    """Seconds between a stage's retries (``TRIPFLOW_RETRY_DELAYS``, e.g. ``2,10``)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("TRIPFLOW_RETRY_DELAYS", "2,10")
+    try:
+        return [float(v) for v in raw.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UsageError(f"TRIPFLOW_RETRY_DELAYS: not a list of seconds: {raw!r}") from exc
+
+
 def pii_key(settings: Settings) -> bytes:
     """The HMAC key for PII: ``TRIPFLOW_PII_KEY``, else one generated once into a 0600 file."""
     if settings.pii_key:
         return settings.pii_key.encode("utf-8")
+    if os.environ.get("TRIPFLOW_PII_KEY"):
+        return os.environ["TRIPFLOW_PII_KEY"].encode("utf-8")
     path = Path(settings.pii_key_file)
     if path.exists():
         return path.read_bytes().strip()

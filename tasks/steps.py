@@ -16,13 +16,14 @@ from prefect.client.schemas.objects import State, TaskRun
 
 from tasks import stages
 from tasks.checks import CheckResult
+from tasks.config import retry_delays
 from tasks.errors import InfrastructureError
 from tasks.metrics import measure
 from tasks.report import RunReport
 from tasks.stages import ExtractOutput, RunContext, TransformOutput
 from tasks.warehouses import LedgerRow, LoadResult
 
-RETRY_DELAYS = [2, 10]
+RETRY_DELAYS = retry_delays()
 
 
 def transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:

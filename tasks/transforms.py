@@ -18,12 +18,14 @@ from tasks.contract import (
     MONEY,
     QUARANTINE_SCHEMA,
     RAW_SCHEMA,
+    REASONS,
     REGION_DAILY_SCHEMA,
     WARN_DISTANCE_KM,
     WARN_FARE_USD,
 )
 
-EMAIL_HASH_PREFIX: Final = "hmac-sha256:"
+#: HMAC-SHA256 truncated to 128 bits (32 hex characters): keyed, and collision-free in practice.
+EMAIL_HASH_HEX_CHARS: Final = 32
 
 
 class EmailHasher:
@@ -39,12 +41,20 @@ class EmailHasher:
 
     def __call__(self, values: pl.Series) -> pl.Series:
         normalized = values.cast(pl.String).str.strip_chars().str.to_lowercase()
-        missing = [v for v in normalized.unique().to_list() if v and v not in self._memo]
-        for value in missing:
-            digest = hmac.digest(self._key, value.encode("utf-8"), "sha256").hex()
-            self._memo[value] = EMAIL_HASH_PREFIX + digest
-        mapping = {k: self._memo[k] for k in normalized.unique().to_list() if k}
-        return normalized.replace_strict(mapping, default=None, return_dtype=pl.String)
+        distinct = normalized.unique().drop_nulls().to_list()
+        memo, key = self._memo, self._key
+        for value in distinct:
+            if value not in memo:
+                digest = hmac.digest(key, value.encode(), "sha256")
+                memo[value] = digest.hex()[:EMAIL_HASH_HEX_CHARS]
+        lookup = pl.DataFrame(
+            {"email": distinct, "hash": [memo[v] for v in distinct]},
+            schema={"email": pl.String, "hash": pl.String},
+        )
+        joined = normalized.to_frame("email").join(
+            lookup, on="email", how="left", maintain_order="left"
+        )
+        return joined["hash"].alias(values.name)
 
 
 def to_raw(
@@ -76,8 +86,12 @@ def day_attribution(contract: pl.LazyFrame, run_date: date) -> pl.LazyFrame:
     )
 
 
+#: Each reason's bit in ``_reason_bits`` (the list of names is built only for quarantined rows).
+REASON_BITS: Final = {name: 1 << i for i, name in enumerate(REASONS)}
+
+
 def with_rule_reasons(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> pl.LazyFrame:
-    """Add ``reasons``: every row rule the row breaks (duplicates come later)."""
+    """Add ``_reason_bits``: every row rule the row breaks, one bit each (duplicates come later)."""
     missing = pl.any_horizontal(
         pl.col(c).is_null() for c in ("trip_id", "distance_km", "fare_usd", "region", "trip_date")
     ) | (pl.col("pickup_ts").is_null() & pl.col("_pickup_given"))
@@ -92,8 +106,10 @@ def with_rule_reasons(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> p
         "dropoff_before_pickup": pl.col("dropoff_ts") < pl.col("pickup_ts"),
         "unknown_region": unknown_region,
     }
-    flags = [pl.when(expr.fill_null(False)).then(pl.lit(name)) for name, expr in rules.items()]
-    return raw.with_columns(reasons=pl.concat_list(flags).list.drop_nulls())
+    bits = pl.sum_horizontal(
+        expr.fill_null(False).cast(pl.UInt8) * REASON_BITS[name] for name, expr in rules.items()
+    )
+    return raw.with_columns(_reason_bits=bits.cast(pl.UInt8))
 
 
 def with_duplicate_reason(flagged: pl.LazyFrame) -> pl.LazyFrame:
@@ -102,7 +118,7 @@ def with_duplicate_reason(flagged: pl.LazyFrame) -> pl.LazyFrame:
     First means lowest ``_source_file``, then lowest ``_source_row``; later ones get the reason
     ``duplicate_trip_id``. Only the (usually few) repeated ids are sorted, so this streams.
     """
-    passing = flagged.filter(pl.col("reasons").list.len() == 0)
+    passing = flagged.filter(pl.col("_reason_bits") == 0)
     repeated = passing.group_by("trip_id").agg(pl.len().alias("_n")).filter(pl.col("_n") > 1)
     later = (
         passing.join(repeated.select("trip_id"), on="trip_id", how="semi")
@@ -111,19 +127,27 @@ def with_duplicate_reason(flagged: pl.LazyFrame) -> pl.LazyFrame:
         .filter(~pl.col("trip_id").is_first_distinct())
         .select("_source_file", "_source_row", pl.lit(True).alias("_dup"))
     )
+    dup_bit = REASON_BITS["duplicate_trip_id"]
     return (
         flagged.join(later, on=["_source_file", "_source_row"], how="left", maintain_order="left")
         .with_columns(
-            reasons=pl.when(pl.col("_dup").fill_null(False))
-            .then(pl.concat_list(pl.col("reasons"), pl.lit(["duplicate_trip_id"])))
-            .otherwise(pl.col("reasons"))
+            _reason_bits=pl.when(pl.col("_dup").fill_null(False))
+            .then(pl.col("_reason_bits") | dup_bit)
+            .otherwise(pl.col("_reason_bits"))
         )
         .drop("_dup")
     )
 
 
+def reason_names(bits: pl.Expr) -> pl.Expr:
+    """The list of reason names a bit set stands for, in the contract's order."""
+    return pl.concat_list(
+        pl.when((bits & bit) > 0).then(pl.lit(name)) for name, bit in REASON_BITS.items()
+    ).list.drop_nulls()
+
+
 def classify(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> pl.LazyFrame:
-    """Every raw row with the list of reasons it breaks (empty: a valid trip)."""
+    """Every raw row with ``_reason_bits``, the reasons it breaks (0: a valid trip)."""
     return with_duplicate_reason(with_rule_reasons(raw, region_set))
 
 
@@ -131,7 +155,7 @@ def clean_trips(classified: pl.LazyFrame, run_id: str) -> pl.LazyFrame:
     """Valid trips with derived columns, money as DECIMAL(18,2) and the run's lineage."""
     minutes = (pl.col("dropoff_ts") - pl.col("pickup_ts")).dt.total_microseconds() / 60e6
     return (
-        classified.filter(pl.col("reasons").list.len() == 0)
+        classified.filter(pl.col("_reason_bits") == 0)
         .with_columns(
             duration_min=minutes.round(2),
             fare_per_km=(pl.col("fare_usd") / pl.col("distance_km")).round(4),
@@ -145,8 +169,10 @@ def clean_trips(classified: pl.LazyFrame, run_id: str) -> pl.LazyFrame:
 def quarantined_trips(classified: pl.LazyFrame, run_id: str) -> pl.LazyFrame:
     """Rows that break a rule, each with every reason it breaks."""
     return (
-        classified.filter(pl.col("reasons").list.len() > 0)
-        .with_columns(_run_id=pl.lit(run_id, dtype=pl.String))
+        classified.filter(pl.col("_reason_bits") > 0)
+        .with_columns(
+            reasons=reason_names(pl.col("_reason_bits")), _run_id=pl.lit(run_id, dtype=pl.String)
+        )
         .select([pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()])
     )
 

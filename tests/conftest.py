@@ -1,0 +1,87 @@
+"""Shared test setup: a private Prefect home and one real Prefect server for the whole session.
+
+The server (``prefect server start``, a real one on a free loopback port) is started once, because
+starting one costs ~15-20 s. In-process flows and ``tripflow`` subprocesses both use it through
+``PREFECT_API_URL``. Most logic is tested on the plain functions, without Prefect.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_HOME = tempfile.mkdtemp(prefix="tripflow-prefect-home-")
+_PORT = _free_port()
+os.environ["PREFECT_HOME"] = _HOME
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ.pop("TRIPFLOW_PII_KEY", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server for the session; yields its API URL."""
+    api = os.environ["PREFECT_API_URL"]
+    log = open(Path(_HOME) / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(_PORT),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.close()
+            raise RuntimeError(
+                "Prefect server did not start:\n" + (Path(_HOME) / "server.log").read_text()
+            )
+        time.sleep(0.5)
+    yield api
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean working folder: ``.tripflow/`` (staging, warehouse, PII key) is created here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,249 @@
+"""The stages end to end as plain functions: real Parquet, a real DuckDB file, no Prefect."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from tasks.config import Settings, load_settings
+from tasks.errors import InfrastructureError
+from tasks.report import RunReport
+from tasks.stages import RunContext, extract, load, publish, transform, validate
+from tasks.staging import MANIFEST, Staging
+
+DAY = date(2025, 11, 15)
+
+
+def settings(tmp: Path, **overrides: object) -> Settings:
+    values = {
+        "staging": str(tmp / "staging"),
+        "warehouse": f"duckdb:{tmp / 'wh.duckdb'}",
+        "pii_key_file": str(tmp / "pii.key"),
+        **overrides,
+    }
+    return load_settings(values, environ={})
+
+
+def run_day(s: Settings, day: date = DAY, run_id: str = "run0001") -> RunReport:
+    """extract -> transform -> load -> validate -> publish when every check passes."""
+    ctx = RunContext.create(run_id, day, s)
+    report = RunReport(ctx)
+    report.extracted = extract(ctx)
+    report.transformed = transform(ctx)
+    report.read_regions()
+    report.loaded = load(ctx)
+    report.checks = validate(
+        ctx, report.rows["extracted"], report.rows["quarantined"], report.loaded
+    )
+    if all(c.passed for c in report.checks):
+        report.status = "published"
+        report.published_rows = publish(ctx, report.loaded, report.ledger("published"))
+    else:
+        report.status = "failed"
+    return report
+
+
+def query(tmp: Path, sql: str, params: object = None) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(tmp / "wh.duckdb"), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
+
+
+def test_sample_publishes_the_seed_summary(tmp_path: Path) -> None:
+    report = run_day(settings(tmp_path, source="sample"))
+    assert report.status == "published"
+    assert {
+        r["region"]: (
+            r["trip_count"],
+            r["total_distance_km"],
+            r["total_fare_usd"],
+            r["avg_fare_per_km"],
+        )
+        for r in report.regions
+    } == {
+        "us-east": (4, 34.2, 51.40, 1.50),
+        "us-west": (3, 58.9, 84.50, 1.43),
+        "eu-west": (3, 54.5, 75.50, 1.39),
+    }
+    assert query(tmp_path, "SELECT count(*), sum(fare_usd)::VARCHAR FROM analytics.trips")[0] == (
+        10,
+        "211.40",
+    )
+    rows = query(
+        tmp_path,
+        "SELECT region, trip_count, total_distance_km, total_fare_usd, avg_fare_per_km "
+        "FROM analytics.region_daily ORDER BY region",
+    )
+    assert [(r[0], r[1], r[2], float(r[3]), r[4]) for r in rows] == [
+        ("eu-west", 3, 54.5, 75.5, 1.39),
+        ("us-east", 4, 34.2, 51.4, 1.5),
+        ("us-west", 3, 58.9, 84.5, 1.43),
+    ]
+    ledger = query(
+        tmp_path, "SELECT status, rows_extracted, rows_loaded, stages FROM analytics.runs"
+    )
+    assert ledger[0][:3] == ("published", 10, 10)
+    stages = json.loads(str(ledger[0][3]))
+    assert stages["raw"]["rows"] == 10 and stages["clean"]["fare_usd_sum"] == "211.40"
+    # Lineage on every row, and the run's staging tables are gone after publishing.
+    assert (
+        query(
+            tmp_path,
+            "SELECT count(*) FROM analytics.trips WHERE _run_id = 'run0001' "
+            "AND _source_file LIKE '%sample_trips.csv' AND _source_row BETWEEN 1 AND 10",
+        )[0][0]
+        == 10
+    )
+    assert (
+        query(
+            tmp_path, "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'analytics_staging'"
+        )[0][0]
+        == 0
+    )
+
+
+def test_re_running_a_day_replaces_it_exactly_once(tmp_path: Path) -> None:
+    s = settings(tmp_path, rows=3000)
+    first = run_day(s, run_id="run0001")
+    second = run_day(s, run_id="run0002")
+    assert first.status == second.status == "published"
+    assert query(tmp_path, "SELECT count(*), count(DISTINCT trip_id) FROM analytics.trips")[0] == (
+        first.rows["loaded"],
+        first.rows["loaded"],
+    )
+    assert query(tmp_path, "SELECT DISTINCT _run_id FROM analytics.trips") == [("run0002",)]
+    assert (
+        query(tmp_path, "SELECT count(*) FROM analytics.trips_quarantine")[0][0]
+        == first.rows["quarantined"]
+    )
+    assert (
+        query(tmp_path, "SELECT sum(trip_count) FROM analytics.region_daily")[0][0]
+        == first.rows["loaded"]
+    )
+    assert (
+        query(tmp_path, "SELECT count(*) FROM analytics.runs WHERE status = 'published'")[0][0] == 2
+    )
+
+
+def test_a_failed_check_publishes_nothing_and_keeps_the_staging_table(tmp_path: Path) -> None:
+    good = run_day(settings(tmp_path, source="sample"), run_id="good0001")
+    assert good.status == "published"
+    before = query(tmp_path, "SELECT * FROM analytics.trips ORDER BY trip_id")
+    bad = run_day(settings(tmp_path, source="sample", min_rows=100_000), run_id="bad00001")
+    assert bad.status == "failed"
+    assert [c.name for c in bad.checks if not c.passed] == ["min_rows"]
+    assert query(tmp_path, "SELECT * FROM analytics.trips ORDER BY trip_id") == before
+    kept = query(
+        tmp_path, "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics_staging'"
+    )
+    assert sorted(t[0] for t in kept) == [
+        "region_daily_20251115_bad00001",
+        "trips_20251115_bad00001",
+        "trips_quarantine_20251115_bad00001",
+    ]
+
+
+def _write_trips(path: Path, day: date, good: int, bad: int) -> None:
+    rows = [f"T{i},{day},5.0,10.0,us-east" for i in range(good)]
+    rows += [f"B{i},{day},0,10.0,us-east" for i in range(bad)]
+    path.write_text("trip_id,date,distance_km,fare_usd,region\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize(("bad", "passes"), [(5, True), (6, False)])
+def test_quarantine_share_threshold_is_inclusive(tmp_path: Path, bad: int, passes: bool) -> None:
+    path = tmp_path / "trips.csv"
+    _write_trips(path, DAY, 100 - bad, bad)
+    report = run_day(settings(tmp_path, source=f"file:{path}"))
+    check = next(c for c in report.checks if c.name == "quarantine_share")
+    assert check.passed is passes
+    assert report.status == ("published" if passes else "failed")
+
+
+def test_volume_7d_fails_a_day_of_near_zero_rows(tmp_path: Path) -> None:
+    for offset in range(1, 5):
+        day = DAY - timedelta(days=offset)
+        path = tmp_path / f"d{offset}.csv"
+        _write_trips(path, day, 100, 0)
+        assert (
+            run_day(settings(tmp_path, source=f"file:{path}"), day, f"hist{offset:04d}").status
+            == "published"
+        )
+    path = tmp_path / "today.csv"
+    _write_trips(path, DAY, 40, 0)
+    report = run_day(settings(tmp_path, source=f"file:{path}"), DAY, "today001")
+    volume = next(c for c in report.checks if c.name == "volume_7d")
+    assert not volume.passed and "mean 100" in volume.detail
+    assert report.status == "failed"
+    assert (
+        query(tmp_path, "SELECT count(*) FROM analytics.trips WHERE trip_date = $d", {"d": DAY})[0][
+            0
+        ]
+        == 0
+    )
+
+
+def test_a_file_with_no_rows_on_the_day_fails_min_rows(tmp_path: Path) -> None:
+    path = tmp_path / "other.csv"
+    _write_trips(path, DAY - timedelta(days=1), 10, 0)
+    report = run_day(settings(tmp_path, source=f"file:{path}"))
+    assert report.rows["extracted"] == 0
+    assert [c.name for c in report.checks if not c.passed] == ["min_rows"]
+    assert report.extracted is not None and report.extracted.other_days == 10
+
+
+def test_staging_folders_end_with_a_manifest(tmp_path: Path) -> None:
+    s = settings(tmp_path, source="sample")
+    run_day(s)
+    staging = Staging(s.staging)
+    for stage in ("raw", "clean", "quarantine", "region_daily"):
+        folder = staging.folder(stage, DAY)
+        manifest = json.loads((folder / MANIFEST).read_text())
+        assert manifest["run_id"] == "run0001"
+        assert manifest["rows"] == sum(f["rows"] for f in manifest["files"])
+        for f in manifest["files"]:
+            assert pl.read_parquet(folder / f["name"]).height == f["rows"]
+
+
+def test_a_folder_without_its_manifest_is_not_trusted(tmp_path: Path) -> None:
+    s = settings(tmp_path, source="sample")
+    run_day(s)
+    (Staging(s.staging).folder("clean", DAY) / MANIFEST).unlink()
+    with pytest.raises(InfrastructureError, match="not complete"):
+        load(RunContext.create("run0002", DAY, s))
+
+
+def test_a_failed_rewrite_leaves_the_previous_folder(tmp_path: Path) -> None:
+    staging = Staging(str(tmp_path / "st"))
+    with staging.write("raw", DAY, "one") as folder:
+        pl.DataFrame({"a": [1, 2]}).write_parquet(folder / "part-0.parquet")
+    with pytest.raises(RuntimeError), staging.write("raw", DAY, "two") as folder:
+        pl.DataFrame({"a": [9]}).write_parquet(folder / "part-0.parquet")
+        raise RuntimeError("killed mid-write")
+    kept = staging.read("raw", DAY)
+    assert (kept.rows, kept.manifest["run_id"]) == (2, "one")
+    assert [p.name for p in (tmp_path / "st" / "raw").iterdir()] == ["date=2025-11-15"]
+
+
+def test_mixed_transform_outputs_are_refused(tmp_path: Path) -> None:
+    s = settings(tmp_path, source="sample")
+    run_day(s)
+    staging = Staging(s.staging)
+    with staging.write("region_daily", DAY, "another-run") as folder:
+        pl.DataFrame({"a": [1]}).write_parquet(folder / "part-0.parquet")
+    with pytest.raises(InfrastructureError, match="different"):
+        load(RunContext.create("run0003", DAY, s))
+
+
+def test_pii_key_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    s = settings(tmp_path, source="sample")
+    first = run_day(s, run_id="run0001")
+    second = run_day(s, run_id="run0002")
+    key = tmp_path / "pii.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert first.extracted and second.extracted
+    assert first.extracted.pii_key_fingerprint == second.extracted.pii_key_fingerprint
+    assert key.read_text() not in json.dumps(first.as_dict())
