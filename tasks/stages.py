@@ -21,15 +21,17 @@ from tasks.config import Settings, key_fingerprint, pii_key
 from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, REASONS
 from tasks.errors import InfrastructureError
 from tasks.sources import make_source
-from tasks.staging import StagedDataset, Staging
+from tasks.staging import PARQUET_WRITE, StagedDataset, Staging
 from tasks.transforms import (
     EmailHasher,
     classify,
     clean_trips,
+    later_duplicates,
     quality_warnings,
     quarantined_trips,
     reason_counts,
     region_daily,
+    with_rule_reasons,
 )
 from tasks.warehouses import LedgerRow, LoadResult, StagedFiles, make_warehouse
 
@@ -107,7 +109,10 @@ def transform(ctx: RunContext) -> TransformOutput:
     staging = ctx.staging
     raw = staging.read("raw", ctx.run_date)
     region_set = make_source(ctx.settings).region_set
-    classified = classify(raw.scan(RAW_SCHEMA), region_set)
+    rows = raw.scan(RAW_SCHEMA)
+    # The repeated trip_ids are few: find them first, then stream every row past them once.
+    later = later_duplicates(with_rule_reasons(rows, region_set)).collect()
+    classified = classify(rows, region_set, later.lazy())
     with (
         staging.write("clean", ctx.run_date, ctx.run_id) as clean_dir,
         staging.write("quarantine", ctx.run_date, ctx.run_id) as quarantine_dir,
@@ -116,10 +121,10 @@ def transform(ctx: RunContext) -> TransformOutput:
         pl.collect_all(
             [
                 clean_trips(classified, ctx.run_id).sink_parquet(
-                    clean_file, compression="zstd", lazy=True
+                    clean_file, **PARQUET_WRITE, lazy=True
                 ),
                 quarantined_trips(classified, ctx.run_id).sink_parquet(
-                    quarantine_dir / "part-00000.parquet", compression="zstd", lazy=True
+                    quarantine_dir / "part-00000.parquet", **PARQUET_WRITE, lazy=True
                 ),
             ]
         )
@@ -127,7 +132,7 @@ def transform(ctx: RunContext) -> TransformOutput:
     quarantine = staging.read("quarantine", ctx.run_date)
     with staging.write("region_daily", ctx.run_date, ctx.run_id) as region_dir:
         region_daily(clean.scan(CLEAN_SCHEMA)).sink_parquet(
-            region_dir / "part-00000.parquet", compression="zstd"
+            region_dir / "part-00000.parquet", **PARQUET_WRITE
         )
     regions = staging.read("region_daily", ctx.run_date)
     q = quarantine.scan(QUARANTINE_SCHEMA)

@@ -26,6 +26,8 @@ from tasks.errors import InfrastructureError
 
 MANIFEST: Final = "_manifest.json"
 STAGES: Final = ("raw", "clean", "quarantine", "region_daily")
+#: How every stage writes Parquet: zstd at level 1 (as small as level 3 on trips, ~25% faster).
+PARQUET_WRITE: Final[dict[str, Any]] = {"compression": "zstd", "compression_level": 1}
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,12 @@ def prefect_server() -> Iterator[str]:
             )
         time.sleep(0.5)
     yield api
+    # Send the last in-process logs before the server goes away.
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
     proc.terminate()
     try:
         proc.wait(timeout=20)

@@ -89,21 +89,21 @@ def test_sample_publishes_the_seed_summary(tmp_path: Path) -> None:
     assert ledger[0][:3] == ("published", 10, 10)
     stages = json.loads(str(ledger[0][3]))
     assert stages["raw"]["rows"] == 10 and stages["clean"]["fare_usd_sum"] == "211.40"
-    # Lineage on every row, and the run's staging tables are gone after publishing.
-    assert (
-        query(
-            tmp_path,
-            "SELECT count(*) FROM analytics.trips WHERE _run_id = 'run0001' "
-            "AND _source_file LIKE '%sample_trips.csv' AND _source_row BETWEEN 1 AND 10",
-        )[0][0]
-        == 10
+    # Lineage on every row.
+    lineage = query(
+        tmp_path,
+        "SELECT count(*) FROM analytics.trips WHERE _run_id = 'run0001' "
+        "AND _source_file LIKE '%sample_trips.csv' AND _source_row BETWEEN 1 AND 10",
     )
-    assert (
-        query(
-            tmp_path, "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'analytics_staging'"
-        )[0][0]
-        == 0
-    )
+    assert lineage[0][0] == 10
+    # The day is the run's own tables, registered as published.
+    assert query(
+        tmp_path, "SELECT table_kind, table_name FROM analytics.partitions ORDER BY 1"
+    ) == [
+        ("region_daily", "region_daily_20251115_run0001"),
+        ("trips", "trips_20251115_run0001"),
+        ("trips_quarantine", "trips_quarantine_20251115_run0001"),
+    ]
 
 
 def test_re_running_a_day_replaces_it_exactly_once(tmp_path: Path) -> None:
@@ -138,13 +138,40 @@ def test_a_failed_check_publishes_nothing_and_keeps_the_staging_table(tmp_path: 
     assert [c.name for c in bad.checks if not c.passed] == ["min_rows"]
     assert query(tmp_path, "SELECT * FROM analytics.trips ORDER BY trip_id") == before
     kept = query(
-        tmp_path, "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics_staging'"
+        tmp_path,
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics_parts' "
+        "AND table_name LIKE '%bad00001'",
     )
     assert sorted(t[0] for t in kept) == [
         "region_daily_20251115_bad00001",
         "trips_20251115_bad00001",
         "trips_quarantine_20251115_bad00001",
     ]
+    assert query(tmp_path, "SELECT count(*) FROM analytics_parts.trips_20251115_bad00001") == [
+        (10,)
+    ]
+    # A failed run's tables stay until the day is published again; then they and the previously
+    # published version go.
+    _record_failed(tmp_path, bad)
+    assert run_day(settings(tmp_path, source="sample"), run_id="new00001").status == "published"
+    left = query(
+        tmp_path,
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics_parts' ORDER BY 1",
+    )
+    assert [t[0] for t in left] == [
+        "region_daily_20251115_new00001",
+        "region_daily_empty",
+        "trips_20251115_new00001",
+        "trips_empty",
+        "trips_quarantine_20251115_new00001",
+        "trips_quarantine_empty",
+    ]
+
+
+def _record_failed(tmp: Path, report: RunReport) -> None:
+    from tasks.stages import record_run
+
+    record_run(report.ctx, report.ledger("failed"))
 
 
 def _write_trips(path: Path, day: date, good: int, bad: int) -> None:

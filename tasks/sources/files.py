@@ -19,6 +19,7 @@ import polars as pl
 from tasks.errors import SchemaError, UsageError
 from tasks.formats import TRIPS, FormatContext, SourceFormat, schema_probe, type_columns
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
+from tasks.staging import PARQUET_WRITE
 from tasks.transforms import day_attribution, to_raw
 
 DATA = resources.files("tasks") / "data"
@@ -122,7 +123,7 @@ class FileSource:
             )
             if counts["on_day"]:
                 to_raw(contract, run_date, path, hash_email).sink_parquet(
-                    out_dir / f"part-{index:05d}.parquet", compression="zstd"
+                    out_dir / f"part-{index:05d}.parquet", **PARQUET_WRITE
                 )
         return stats
 

@@ -10,6 +10,7 @@ chunk is generated, hashed and written on its own.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
 from typing import Final
@@ -18,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
+from tasks.staging import PARQUET_WRITE
 from tasks.transforms import to_raw
 
 CHUNK_ROWS: Final = 1_000_000
@@ -120,20 +122,31 @@ class SyntheticSource:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def extract(self, run_date: date, out_dir: Path, hash_email: HashEmail) -> ExtractStats:
-        stats = EMPTY_STATS
-        for part, start in enumerate(range(0, self.rows, CHUNK_ROWS)):
-            count = min(CHUNK_ROWS, self.rows - start)
-            chunk = generate_chunk(
+        starts = list(range(0, self.rows, CHUNK_ROWS))
+
+        def generate(start: int) -> pl.DataFrame:
+            return generate_chunk(
                 run_date,
                 start=start,
-                count=count,
+                count=min(CHUNK_ROWS, self.rows - start),
                 total=self.rows,
                 seed=self.seed,
                 timezone=self.timezone,
             )
-            name = f"synthetic:seed={self.seed}:part-{part:05d}"
-            to_raw(chunk.lazy(), run_date, name, hash_email).sink_parquet(
-                out_dir / f"part-{part:05d}.parquet", compression="zstd"
-            )
-            stats = stats + ExtractStats(count, count, 0, 0, 1)
+
+        stats = EMPTY_STATS
+        # Generate the next chunk while this one is hashed and written (two chunks in memory).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(generate, starts[0]) if starts else None
+            for part, _ in enumerate(starts):
+                assert pending is not None
+                chunk = pending.result()
+                if part + 1 < len(starts):
+                    pending = pool.submit(generate, starts[part + 1])
+                name = f"synthetic:seed={self.seed}:part-{part:05d}"
+                to_raw(chunk.lazy(), run_date, name, hash_email).sink_parquet(
+                    out_dir / f"part-{part:05d}.parquet", **PARQUET_WRITE
+                )
+                stats = stats + ExtractStats(chunk.height, chunk.height, 0, 0, 1)
+                del chunk
         return stats

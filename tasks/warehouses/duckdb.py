@@ -1,8 +1,16 @@
 """DuckDB, the embedded default warehouse: one file, bulk-loaded straight from staged Parquet.
 
+Write, audit, publish without copying the day twice: each run bulk-loads the day into tables of its
+own (``analytics_parts.trips_<YYYYMMDD>_<run>`` and its quarantine and region_daily siblings); the
+checks run there; publishing is one transaction that points the day at the run's tables in the
+partition registry (``analytics.partitions``), re-creates the views ``analytics.trips``,
+``analytics.trips_quarantine`` and ``analytics.region_daily`` over the published tables, writes the
+ledger row and drops the day's previous tables. Readers see the old day or the new one, never a mix;
+a failed check publishes nothing and leaves the run's tables for inspection.
+
 DuckDB allows one writer per file, so every write holds an exclusive lock on ``<file>.lock`` for its
 whole connection: concurrent runs (a backfill, or two runs of one day) load and publish one at a
-time, and each publish replaces the day in one transaction.
+time.
 """
 
 from __future__ import annotations
@@ -30,11 +38,11 @@ from tasks.warehouses.base import (
 )
 
 SCHEMA: Final = "analytics"
-STAGING_SCHEMA: Final = "analytics_staging"
+PARTS_SCHEMA: Final = "analytics_parts"
 
 CREATE_SCHEMAS: Final = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
-CREATE SCHEMA IF NOT EXISTS {STAGING_SCHEMA};
+CREATE SCHEMA IF NOT EXISTS {PARTS_SCHEMA};
 """
 
 TRIPS_COLUMNS: Final = """
@@ -87,9 +95,20 @@ REGION_DAILY_COLUMNS: Final = """
 """
 
 CREATE_TABLES: Final = f"""
-CREATE TABLE IF NOT EXISTS {SCHEMA}.trips ({TRIPS_COLUMNS});
-CREATE TABLE IF NOT EXISTS {SCHEMA}.trips_quarantine ({QUARANTINE_COLUMNS});
-CREATE TABLE IF NOT EXISTS {SCHEMA}.region_daily ({REGION_DAILY_COLUMNS});
+CREATE TABLE IF NOT EXISTS {PARTS_SCHEMA}.trips_empty ({TRIPS_COLUMNS});
+CREATE TABLE IF NOT EXISTS {PARTS_SCHEMA}.trips_quarantine_empty ({QUARANTINE_COLUMNS});
+CREATE TABLE IF NOT EXISTS {PARTS_SCHEMA}.region_daily_empty ({REGION_DAILY_COLUMNS});
+CREATE TABLE IF NOT EXISTS {SCHEMA}.partitions (
+    table_kind VARCHAR NOT NULL,
+    trip_date DATE NOT NULL,
+    table_name VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    PRIMARY KEY (table_kind, trip_date)
+);
+CREATE VIEW IF NOT EXISTS {SCHEMA}.trips AS SELECT * FROM {PARTS_SCHEMA}.trips_empty;
+CREATE VIEW IF NOT EXISTS {SCHEMA}.trips_quarantine AS
+    SELECT * FROM {PARTS_SCHEMA}.trips_quarantine_empty;
+CREATE VIEW IF NOT EXISTS {SCHEMA}.region_daily AS SELECT * FROM {PARTS_SCHEMA}.region_daily_empty;
 CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (
     run_id VARCHAR NOT NULL,
     run_date DATE NOT NULL,
@@ -115,32 +134,32 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (
 FAST_BULK_LOAD: Final = "SET preserve_insertion_order = false"
 
 #: Bulk load: DuckDB reads the staged Parquet itself (never row-by-row INSERTs).
-CREATE_STAGING_TABLE: Final = (
-    "CREATE OR REPLACE TABLE {staging}.{table}_{suffix} ({columns});\n"
-    "INSERT INTO {staging}.{table}_{suffix} BY NAME\n"
+CREATE_RUN_TABLE: Final = (
+    f"CREATE OR REPLACE TABLE {PARTS_SCHEMA}.{{table}}_{{suffix}} ({{columns}});\n"
+    f"INSERT INTO {PARTS_SCHEMA}.{{table}}_{{suffix}} BY NAME\n"
     "SELECT * FROM read_parquet($files, hive_partitioning = false);"
 )
-CREATE_EMPTY_STAGING_TABLE: Final = (
-    "CREATE OR REPLACE TABLE {staging}.{table}_{suffix} ({columns});"
+CREATE_EMPTY_RUN_TABLE: Final = (
+    f"CREATE OR REPLACE TABLE {PARTS_SCHEMA}.{{table}}_{{suffix}} ({{columns}});"
 )
 
 STAGING_FIGURES: Final = """
 SELECT count(*) AS rows,
        coalesce(sum(fare_usd), 0) AS fare_usd_sum,
        count(*) - count(DISTINCT trip_id) AS duplicate_trip_ids
-FROM {staging}.trips_{suffix}
+FROM analytics_parts.trips_{suffix}
 """
 
 REGION_MISMATCHES: Final = """
 WITH trip_level AS (
     SELECT trip_date, region, count(*) AS trip_count,
            round(sum(distance_km), 2) AS total_distance_km, sum(fare_usd) AS total_fare_usd
-    FROM {staging}.trips_{suffix}
+    FROM analytics_parts.trips_{suffix}
     GROUP BY trip_date, region
 )
 SELECT coalesce(t.region, r.region) AS region
 FROM trip_level t
-FULL OUTER JOIN {staging}.region_daily_{suffix} r
+FULL OUTER JOIN analytics_parts.region_daily_{suffix} r
   ON t.trip_date = r.trip_date AND t.region = r.region
 WHERE t.trip_count IS DISTINCT FROM r.trip_count
    OR t.total_fare_usd IS DISTINCT FROM r.total_fare_usd
@@ -157,9 +176,21 @@ WHERE status = 'published' AND run_date >= $start AND run_date < $end
 QUALIFY row_number() OVER (PARTITION BY run_date ORDER BY finished_at DESC) = 1
 """
 
-DELETE_DAY: Final = "DELETE FROM {schema}.{table} WHERE trip_date = $run_date"
-INSERT_DAY: Final = "INSERT INTO {schema}.{table} SELECT * FROM {staging}.{table}_{suffix}"
-DROP_STAGING_TABLE: Final = "DROP TABLE IF EXISTS {staging}.{table}_{suffix}"
+#: Publishing a day: the registry points the day at this run's tables, in one transaction.
+REGISTERED_TABLES: Final = f"SELECT table_name FROM {SCHEMA}.partitions WHERE trip_date = $run_date"
+#: Runs of the day that failed: their tables were kept for inspection until the day is published.
+FAILED_RUNS: Final = f"""
+SELECT run_id FROM {SCHEMA}.runs WHERE run_date = $run_date AND status = 'failed'
+"""
+UNREGISTER_DAY: Final = f"DELETE FROM {SCHEMA}.partitions WHERE trip_date = $run_date"
+REGISTER_TABLE: Final = f"""
+INSERT INTO {SCHEMA}.partitions VALUES ($table_kind, $run_date, $table_name, $run_id)
+"""
+PUBLISHED_TABLE_NAMES: Final = f"""
+SELECT table_name FROM {SCHEMA}.partitions WHERE table_kind = $table_kind ORDER BY trip_date
+"""
+CREATE_VIEW: Final = "CREATE OR REPLACE VIEW {schema}.{table} AS\n{selects}"
+DROP_PART: Final = f"DROP TABLE IF EXISTS {PARTS_SCHEMA}.{{name}}"
 INSERT_LEDGER: Final = f"""
 INSERT INTO {SCHEMA}.runs VALUES (
     $run_id, $run_date, $status, $source, $source_fingerprint, $format, $code_version,
@@ -169,7 +200,7 @@ INSERT INTO {SCHEMA}.runs VALUES (
 """
 PUBLISHED_ROWS: Final = f"SELECT count(*) FROM {SCHEMA}.trips WHERE trip_date = $run_date"
 
-#: (published table, the ``StagedFiles`` field it loads from, its columns)
+#: (published view, the ``StagedFiles`` field it loads from, its columns)
 PUBLISHED_TABLES: Final = (
     ("trips", "trips", TRIPS_COLUMNS),
     ("trips_quarantine", "quarantine", QUARANTINE_COLUMNS),
@@ -219,23 +250,18 @@ class DuckDBWarehouse:
             con.execute(FAST_BULK_LOAD)
             for table, field, columns in PUBLISHED_TABLES:
                 paths = list(getattr(files, field))
-                names = {
-                    "staging": STAGING_SCHEMA,
-                    "table": table,
-                    "suffix": suffix,
-                    "columns": columns,
-                }
+                names = {"table": table, "suffix": suffix, "columns": columns}
                 try:
                     if paths:
-                        con.execute(CREATE_STAGING_TABLE.format(**names), {"files": paths})
+                        con.execute(CREATE_RUN_TABLE.format(**names), {"files": paths})
                     else:
-                        con.execute(CREATE_EMPTY_STAGING_TABLE.format(**names))
+                        con.execute(CREATE_EMPTY_RUN_TABLE.format(**names))
                 except (duckdb.IOException, duckdb.ConnectionException) as exc:
                     raise InfrastructureError(
                         f"warehouse {self.path}: loading {table}: {exc}"
                     ) from exc
                 row = con.execute(
-                    f"SELECT count(*) FROM {STAGING_SCHEMA}.{identifier(table)}_{suffix}"
+                    f"SELECT count(*) FROM {PARTS_SCHEMA}.{identifier(table)}_{suffix}"
                 ).fetchone()
                 counts[table] = int(row[0]) if row else 0
         return LoadResult(
@@ -243,7 +269,7 @@ class DuckDBWarehouse:
         )
 
     def figures(self, run_date: date, load: LoadResult) -> Figures:
-        names = {"staging": STAGING_SCHEMA, "suffix": identifier("t_" + load.suffix)[2:]}
+        names = {"suffix": identifier("t_" + load.suffix)[2:]}
         with self.connect() as con:
             row = con.execute(STAGING_FIGURES.format(**names)).fetchone()
             assert row is not None
@@ -265,28 +291,45 @@ class DuckDBWarehouse:
 
     def publish(self, run_date: date, load: LoadResult, ledger: LedgerRow) -> None:
         suffix = identifier("t_" + load.suffix)[2:]
+        new_tables = {f"{table}_{suffix}" for table, _, _ in PUBLISHED_TABLES}
         with self.connect() as con:
-            con.execute(FAST_BULK_LOAD)
             try:
                 con.execute("BEGIN TRANSACTION")
+                day = {"run_date": run_date}
+                previous = {r[0] for r in con.execute(REGISTERED_TABLES, day).fetchall()}
+                for (failed_run,) in con.execute(FAILED_RUNS, day).fetchall():
+                    failed = staging_suffix(run_date, str(failed_run))
+                    previous |= {f"{table}_{failed}" for table, _, _ in PUBLISHED_TABLES}
+                con.execute(UNREGISTER_DAY, {"run_date": run_date})
                 for table, _, _ in PUBLISHED_TABLES:
                     con.execute(
-                        DELETE_DAY.format(schema=SCHEMA, table=table), {"run_date": run_date}
+                        REGISTER_TABLE,
+                        {
+                            "table_kind": table,
+                            "run_date": run_date,
+                            "table_name": f"{table}_{suffix}",
+                            "run_id": ledger.run_id,
+                        },
                     )
-                    con.execute(
-                        INSERT_DAY.format(
-                            schema=SCHEMA, table=table, staging=STAGING_SCHEMA, suffix=suffix
-                        )
-                    )
+                    self._create_view(con, table)
                 con.execute(INSERT_LEDGER, _ledger_params(ledger))
+                for name in sorted(previous - new_tables):
+                    con.execute(DROP_PART.format(name=identifier(name)))
                 con.execute("COMMIT")
             except duckdb.Error as exc:
                 con.execute("ROLLBACK")
                 raise InfrastructureError(f"warehouse {self.path}: publish failed: {exc}") from exc
-            for table, _, _ in PUBLISHED_TABLES:
-                con.execute(
-                    DROP_STAGING_TABLE.format(staging=STAGING_SCHEMA, table=table, suffix=suffix)
-                )
+
+    @staticmethod
+    def _create_view(con: duckdb.DuckDBPyConnection, table: str) -> None:
+        """``analytics.<table>`` as the union of the published tables (and an empty base)."""
+        names = [f"{table}_empty"] + [
+            r[0] for r in con.execute(PUBLISHED_TABLE_NAMES, {"table_kind": table}).fetchall()
+        ]
+        selects = "\nUNION ALL\n".join(
+            f"SELECT * FROM {PARTS_SCHEMA}.{identifier(name)}" for name in names
+        )
+        con.execute(CREATE_VIEW.format(schema=SCHEMA, table=table, selects=selects))
 
     def record_run(self, ledger: LedgerRow) -> None:
         with self.connect() as con:
