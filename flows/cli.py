@@ -52,6 +52,9 @@ WarehouseOpt = Annotated[
     str | None, typer.Option("--warehouse", help="Warehouse, e.g. duckdb:PATH.")
 ]
 MinRowsOpt = Annotated[int | None, typer.Option("--min-rows", help="Fewest rows to publish.")]
+#: Tags on every run started from the command line (the deployments set their own).
+RUN_TAGS = ("tripflow", "daily-trip-etl")
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
@@ -123,11 +126,14 @@ def run(
                 warehouse=warehouse,
                 min_rows=min_rows,
             )
+            from prefect import tags
+
             from flows.daily import daily_trip_etl
 
             _quiet_tracebacks()
             day = run_date.date() if run_date else None
-            report = daily_trip_etl(run_date=day, **params)
+            with tags(*RUN_TAGS):
+                report = daily_trip_etl(run_date=day, **params)
     except TripflowError as exc:
         error, code = exc, exc.exit_code
         report = getattr(exc, "tripflow_report", None) or _bare_report(run_date, exc)
@@ -193,12 +199,15 @@ def backfill(
                 warehouse=warehouse,
                 min_rows=min_rows,
             )
+            from prefect import tags
+
             from flows.backfill import backfill as backfill_flow
 
             _quiet_tracebacks()
-            days = backfill_flow(
-                start=start.date(), end=end.date(), concurrency=concurrency, **params
-            )
+            with tags(*RUN_TAGS, "backfill"):
+                days = backfill_flow(
+                    start=start.date(), end=end.date(), concurrency=concurrency, **params
+                )
     except TripflowError as exc:
         console.print(f"[bold red]error:[/] {exc.message}")
         raise typer.Exit(exc.exit_code) from None
@@ -208,6 +217,39 @@ def backfill(
     else:
         render.backfill_summary(console, days, params)
     raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def report(
+    last: Annotated[int, typer.Option("--last", help="How many recent runs.")] = 14,
+    recommend: Annotated[
+        bool, typer.Option("--recommend", help="Recommend each stage's memory request and limit.")
+    ] = False,
+    warehouse: WarehouseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The last N runs from the ledger: rows, quarantine share, duration, cost, and a chart."""
+    from tasks.chart import history_svg
+    from tasks.config import load_settings
+    from tasks.history import chart_path, per_day, recommendations, run_rows
+    from tasks.warehouses import make_warehouse
+
+    try:
+        settings = load_settings({"warehouse": warehouse})
+        runs = make_warehouse(settings.warehouse).recent_runs(last)
+    except TripflowError as exc:
+        console.print(f"[bold red]error:[/] {exc.message}")
+        raise typer.Exit(exc.exit_code) from None
+    rows = run_rows(runs, settings)
+    chart = chart_path(settings.warehouse)
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    chart.write_text(history_svg(per_day(rows)), encoding="utf-8")
+    recs = recommendations(runs) if recommend else []
+    if as_json:
+        out = {"runs": rows, "chart": str(chart), "recommendations": recs}
+        sys.stdout.write(json.dumps(out, default=str) + "\n")
+    else:
+        render.history(console, rows, chart, recs if recommend else None)
 
 
 if __name__ == "__main__":

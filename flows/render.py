@@ -58,6 +58,13 @@ def run_summary(console: Console, report: dict[str, Any], error: TripflowError |
             mark = "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]"
             checks.add_row(c["name"], mark, c["detail"])
         console.print(checks)
+    cost = report.get("cost")
+    if cost:
+        console.print(
+            f"Estimated cost: ${cost['total_usd']:.6f} for {len(cost['stages'])} stage pod(s) "
+            f"(the seed's always-on pods: ${cost['seed_daily_usd']:,.2f} a day); "
+            f"{cost['bytes_staged']:,} bytes staged"
+        )
     if "error" in report:
         err = report["error"]
         console.print(f"[bold red]{err['kind']} error:[/] {err['message']}")
@@ -113,3 +120,43 @@ def backfill_summary(console: Console, days: list[dict[str, Any]], params: dict[
             console.print(f"  tripflow run --date {day} --source {params['source']}")
     else:
         console.print(f"[bold green]all {len(days)} day(s) published[/]")
+
+
+def history(
+    console: Console,
+    rows: list[dict[str, Any]],
+    chart: Any,
+    recommendations: list[dict[str, Any]] | None,
+) -> None:
+    table = Table(title=f"Last {len(rows)} run(s)", title_justify="left")
+    for name in ("day", "status", "rows", "quarantined", "duration", "est. cost", "note"):
+        table.add_column(name, justify="left" if name in ("day", "status", "note") else "right")
+    for r in rows:
+        colour = "green" if r["status"] == "published" else "red"
+        note = ", ".join(r["failed_checks"]) or (r["error"] or "")
+        table.add_row(
+            r["run_date"],
+            f"[{colour}]{r['status']}[/]",
+            f"{r['rows']:,}",
+            f"{r['quarantine_share']:.2%}",
+            f"{r['seconds']:.1f}s",
+            f"${r['usd']:.6f}",
+            note[:60],
+        )
+    console.print(table)
+    console.print(f"Chart (rows, duration, cost per day): {chart}")
+    if recommendations is None:
+        return
+    recs = Table(title="Right-sizing (Kubernetes job variables)", title_justify="left")
+    for name in ("stage", "runs", "max peak", "memory request", "memory limit", "now requested"):
+        recs.add_column(name)
+    for r in recommendations:
+        recs.add_row(
+            r["stage"],
+            str(r["runs"]),
+            f"{r['max_peak_mib']:.0f} MiB",
+            r["memory_request"],
+            r["memory_limit"],
+            r["current_request"],
+        )
+    console.print(recs if recommendations else "No published runs to size from yet.")

@@ -35,10 +35,34 @@ class Settings:
     warehouse: str = "duckdb:.tripflow/warehouse.duckdb"
     min_rows: int = 1
     quarantine_threshold: float = 0.05
+    #: Prices for the cost report (USD): on-demand pod CPU per vCPU-hour and memory per GiB-hour,
+    #: spot as a fraction of on-demand, and warehouse scans per TB.
+    price_vcpu_hour: float = 0.0316
+    price_gib_hour: float = 0.0042
+    spot_price_fraction: float = 0.3
+    price_tb_scanned: float = 6.25
     #: Accepted regions for the ``trips`` format; empty means "any non-empty region".
     regions: tuple[str, ...] = ()
     source_timezone: str = "UTC"
     synthetic_seed: int = 42
+    #: ``--source postgres``: the table (SCHEMA.TABLE), contract->column renames
+    #: (``CONTRACT=COLUMN``; ``CONTRACT=`` for none) and the server-side statement timeout.
+    #: The DSN is a secret: only ``TRIPFLOW_POSTGRES_DSN`` (``postgres_dsn``), never a setting.
+    postgres_table: str = "public.trips"
+    postgres_columns: tuple[str, ...] = ()
+    postgres_statement_timeout_s: int = 3600
+    #: ``--source kafka:TOPIC``: brokers, consumer group, security protocol and SASL mechanism,
+    #: extra non-secret librdkafka options (``KEY=VALUE``), the lateness margin read before the
+    #: day's start, how a day already read is re-read (``same`` range, or ``extend`` to the current
+    #: high watermark) and the idle timeout. SASL credentials: ``kafka_credentials`` (env only).
+    kafka_bootstrap: str = "localhost:9092"
+    kafka_group: str = "tripflow"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_options: tuple[str, ...] = ()
+    kafka_lateness_minutes: int = 60
+    kafka_reread: str = "same"
+    kafka_idle_timeout_s: int = 30
     pii_key_file: str = ".tripflow/pii.key"
     #: From ``TRIPFLOW_PII_KEY`` only (never the TOML file, never a flag).
     pii_key: str | None = field(default=None, repr=False)
@@ -133,6 +157,22 @@ def pii_key(settings: Settings) -> bytes:
     with os.fdopen(fd, "wb") as handle:
         handle.write(key)
     return key
+
+
+def postgres_dsn(environ: dict[str, str] | None = None) -> str | None:
+    """The PostgreSQL source's DSN: ``TRIPFLOW_POSTGRES_DSN`` only (never TOML, flags or params)."""
+    env = os.environ if environ is None else environ
+    return env.get("TRIPFLOW_POSTGRES_DSN") or None
+
+
+def kafka_credentials(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Kafka SASL credentials: ``TRIPFLOW_KAFKA_SASL_USERNAME``/``_PASSWORD`` (env only)."""
+    env = os.environ if environ is None else environ
+    found = {
+        "sasl.username": env.get("TRIPFLOW_KAFKA_SASL_USERNAME", ""),
+        "sasl.password": env.get("TRIPFLOW_KAFKA_SASL_PASSWORD", ""),
+    }
+    return {key: value for key, value in found.items() if value}
 
 
 def key_fingerprint(key: bytes) -> str:

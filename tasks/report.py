@@ -10,6 +10,7 @@ import polars as pl
 
 from tasks.checks import CheckResult, quarantine_share
 from tasks.contract import REASONS
+from tasks.cost import run_cost
 from tasks.errors import TripflowError
 from tasks.stages import ExtractOutput, RunContext, TransformOutput, code_version
 from tasks.warehouses import LedgerRow, LoadResult
@@ -31,14 +32,17 @@ class RunReport:
     error: dict[str, Any] | None = None
     published_rows: int | None = None
     flow_run_id: str | None = None
+    bytes_staged: int = 0
 
     def add_stage(self, measure: dict[str, Any]) -> None:
         self.stages.append(measure)
 
     def read_regions(self) -> None:
-        """The day's regional summary from the staged region_daily (rounded for display)."""
+        """The day's regional summary from the staged region_daily (rounded for display), and
+        the bytes staged for the day."""
         if self.transformed is None:
             return
+        self.bytes_staged = self.ctx.staging.sizes(self.ctx.run_date)
         frame = pl.read_parquet(
             f"{self.transformed.region_daily}/*.parquet", hive_partitioning=False
         )
@@ -95,6 +99,7 @@ class RunReport:
                 "region_rows": self.loaded.region_rows,
             }
         stage_sums["measures"] = self.stages
+        stage_sums["bytes_staged"] = self.bytes_staged
         return LedgerRow(
             run_id=self.ctx.run_id,
             run_date=self.ctx.run_date,
@@ -132,6 +137,7 @@ class RunReport:
             "warehouse": self.ctx.settings.warehouse,
             "quality": self.quality(),
             "flow_run_id": self.flow_run_id,
+            "cost": run_cost(self.stages, self.ctx.settings, bytes_staged=self.bytes_staged),
         }
         if self.error is not None:
             out["error"] = self.error

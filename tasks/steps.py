@@ -7,21 +7,28 @@ effects, and Prefect 3 would otherwise skip a re-run of the same inputs.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
 from tasks import stages
+from tasks.chart import history_svg
 from tasks.checks import CheckResult
-from tasks.config import retry_delays
-from tasks.errors import InfrastructureError
+from tasks.config import Settings, retry_delays
+from tasks.errors import InfrastructureError, TripflowError
+from tasks.history import chart_path, per_day, run_rows
 from tasks.metrics import measure
 from tasks.report import RunReport
 from tasks.stages import ExtractOutput, RunContext, TransformOutput
-from tasks.warehouses import LedgerRow, LoadResult
+from tasks.warehouses import LedgerRow, LoadResult, make_warehouse
 
 RETRY_DELAYS = retry_delays()
 
@@ -89,8 +96,11 @@ def record_failed_run(ctx: RunContext, ledger: LedgerRow) -> None:
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
 def publish_artifacts(report: RunReport) -> None:
-    """The regional summary and the quality report, under stable keys (history in the UI)."""
+    """Every run explains itself in the UI, under stable keys (so each shows its history):
+    the regional summary, the quality report, the run ledger, the cost report, and a link to the
+    chart of recent runs."""
     day = report.ctx.run_date.isoformat()
+    data = report.as_dict()
     if report.regions:
         create_table_artifact(
             key="regional-summary",
@@ -100,6 +110,81 @@ def publish_artifacts(report: RunReport) -> None:
     create_markdown_artifact(
         key="quality-report", markdown=quality_markdown(report), description=f"Quality of {day}"
     )
+    create_markdown_artifact(
+        key="run-ledger", markdown=ledger_markdown(report), description=f"Run ledger of {day}"
+    )
+    create_markdown_artifact(
+        key="cost-report", markdown=cost_markdown(data), description=f"Cost of {day}"
+    )
+    chart = write_history_chart(report.ctx.settings)
+    if chart is not None:
+        create_link_artifact(
+            key="run-history-chart",
+            link=chart.resolve().as_uri(),
+            link_text=f"Rows, duration and cost of recent days ({chart.name})",
+        )
+
+
+def write_history_chart(settings: Settings, last: int = 30) -> Path | None:
+    """Draw the chart of the last runs next to the warehouse; None if the ledger is unreachable."""
+    try:
+        runs = make_warehouse(settings.warehouse).recent_runs(last)
+    except TripflowError:
+        return None
+    path = chart_path(settings.warehouse)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(history_svg(per_day(run_rows(runs, settings))), encoding="utf-8")
+    return path
+
+
+def ledger_markdown(report: RunReport) -> str:
+    """Rows and checksums per stage: the proof of what was published, not just an exit code."""
+    ledger = report.ledger(report.status)
+    lines = [
+        f"# Run ledger: {ledger.run_date} ({ledger.status})",
+        "",
+        f"- run: `{ledger.run_id}`",
+        f"- source: `{ledger.source}` (fingerprint `{ledger.source_fingerprint}`)",
+        f"- code: {ledger.code_version}; PII key fingerprint `{ledger.pii_key_fingerprint}`",
+        f"- rows: {ledger.rows_extracted:,} extracted, {ledger.rows_quarantined:,} quarantined, "
+        f"{ledger.rows_loaded:,} loaded",
+        "",
+        "| stage | rows | checksums |",
+        "|---|---|---|",
+    ]
+    for stage, sums in ledger.stages.items():
+        if isinstance(sums, dict):
+            rows = sums.get("rows", "")
+            rest = ", ".join(f"{k}={v}" for k, v in sums.items() if k != "rows")
+            lines.append(f"| {stage} | {rows} | {rest} |")
+    return "\n".join(lines) + "\n"
+
+
+def cost_markdown(data: dict[str, Any]) -> str:
+    cost = data["cost"]
+    lines = [
+        f"# Cost and resources: {data['run_date']}",
+        "",
+        "| stage | seconds | CPU s | peak MiB | pod (CPU / GiB) | estimated USD |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in cost["stages"]:
+        where = " spot" if s["on_spot"] else ""
+        lines.append(
+            f"| {s['name']} | {s['seconds']:.2f} | {s['cpu_seconds'] or 0:.2f} | "
+            f"{s['peak_rss_mb']:.0f} | {s['requested_cpu']:g} / {s['requested_memory_gib']:g}"
+            f"{where} | ${s['usd']:.6f} |"
+        )
+    lines += [
+        "",
+        f"- bytes staged: {cost['bytes_staged']:,}",
+        f"- warehouse bytes processed / billed: {cost['warehouse_bytes_processed']} / "
+        f"{cost['warehouse_bytes_billed']} (DuckDB reports none)",
+        f"- estimated total: ${cost['total_usd']:.6f} (compute on-demand would be "
+        f"${cost['compute_on_demand_usd']:.6f}); the seed's always-on pods: "
+        f"${cost['seed_daily_usd']:,.2f} a day",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def quality_markdown(report: RunReport) -> str:

@@ -28,6 +28,7 @@ REASONS = [
     "dropoff_before_pickup",
     "unknown_region",
     "duplicate_trip_id",
+    "bad_record",
 ]
 
 
@@ -77,6 +78,10 @@ def test_json_contract(workdir: Path) -> None:
         "avg_fare_per_km": 1.5,
     }
     assert "error" not in out
+    cost = out["cost"]
+    assert [s["name"] for s in cost["stages"]] == STAGES
+    assert cost["bytes_staged"] > 0 and cost["total_usd"] > 0
+    assert cost["total_usd"] == pytest.approx(sum(s["usd"] for s in cost["stages"]))
 
 
 def test_schema_error_exits_2_and_stages_nothing(workdir: Path) -> None:

@@ -16,13 +16,19 @@ from tasks.steps import transient
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
+ARTIFACT_KEYS = (
+    "regional-summary",
+    "quality-report",
+    "run-ledger",
+    "cost-report",
+    "run-history-chart",
+)
+
 
 def _artifacts(flow_run_id: str) -> dict[str, object]:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["regional-summary", "quality-report"])
-            ),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(ARTIFACT_KEYS))),
         )
     return {a.key: a for a in found if str(a.flow_run_id) == flow_run_id}
 
@@ -44,7 +50,12 @@ def test_flow_run_completes_with_its_name_and_artifacts(workdir: Path) -> None:
         "publish",
     }
     artifacts = _artifacts(run_id)
-    assert set(artifacts) == {"regional-summary", "quality-report"}
+    assert set(artifacts) == set(ARTIFACT_KEYS)
+    ledger = str(artifacts["run-ledger"].data)
+    assert "fare_usd_sum=211.40" in ledger and "| raw | 10 |" in ledger
+    assert "estimated total" in str(artifacts["cost-report"].data)
+    chart = str(artifacts["run-history-chart"].data)
+    assert "(file://" in chart and chart.endswith("tripflow-report.svg)")
     summary = str(artifacts["regional-summary"].data)
     assert "us-east" in summary and "51.4" in summary
     quality = str(artifacts["quality-report"].data)

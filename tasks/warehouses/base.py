@@ -5,6 +5,7 @@
 3. ``figures`` measures those staging tables (and the published history) for the checks.
 4. ``publish`` replaces the day in every published table and writes the ledger row, atomically.
 5. ``record_run`` writes a ledger row for a run that did not publish.
+6. ``recent_runs`` reads the ledger back (for ``tripflow report``).
 """
 
 from __future__ import annotations
@@ -100,3 +101,7 @@ class Warehouse(Protocol):
     def record_run(self, ledger: LedgerRow) -> None: ...
 
     def published_rows(self, run_date: date) -> int: ...
+
+    def recent_runs(self, limit: int) -> list[dict[str, Any]]:
+        """The ledger's latest ``limit`` runs, newest first (stages and checks decoded)."""
+        ...

@@ -199,6 +199,16 @@ INSERT INTO {SCHEMA}.runs VALUES (
 )
 """
 PUBLISHED_ROWS: Final = f"SELECT count(*) FROM {SCHEMA}.trips WHERE trip_date = $run_date"
+LEDGER_EXISTS: Final = f"""
+SELECT count(*) FROM duckdb_tables() WHERE schema_name = '{SCHEMA}' AND table_name = 'runs'
+"""
+RECENT_RUNS: Final = f"""
+SELECT run_id, run_date, status, source, rows_extracted, rows_quarantined, rows_loaded,
+       stages, checks, error, started_at, finished_at
+FROM {SCHEMA}.runs
+ORDER BY finished_at DESC
+LIMIT $limit
+"""
 
 #: (published view, the ``StagedFiles`` field it loads from, its columns)
 PUBLISHED_TABLES: Final = (
@@ -341,6 +351,21 @@ class DuckDBWarehouse:
         with self.connect(read_only=True) as con:
             row = con.execute(PUBLISHED_ROWS, {"run_date": run_date}).fetchone()
         return int(row[0]) if row else 0
+
+    def recent_runs(self, limit: int) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.connect(read_only=True) as con:
+            exists = con.execute(LEDGER_EXISTS).fetchone()
+            if not exists or not exists[0]:
+                return []
+            cursor = con.execute(RECENT_RUNS, {"limit": limit})
+            names = [d[0] for d in cursor.description or []]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        for row in rows:
+            row["stages"] = json.loads(row["stages"])
+            row["checks"] = json.loads(row["checks"])
+        return rows
 
 
 def _ledger_params(ledger: LedgerRow) -> dict[str, Any]:

@@ -1,0 +1,114 @@
+"""Cost, right-sizing, the run history chart and ``tripflow report``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import tripflow
+
+from tasks.chart import history_svg
+from tasks.config import load_settings
+from tasks.cost import recommend, run_cost, stage_cost
+from tasks.history import per_day, run_rows
+
+SETTINGS = load_settings({}, environ={})
+
+
+def test_stage_cost_uses_the_pod_size_and_spot_for_transform() -> None:
+    extract = stage_cost({"name": "extract", "seconds": 3600, "peak_rss_mb": 1}, SETTINGS)
+    # 0.5 vCPU and 1 GiB for an hour, on-demand
+    assert extract["usd"] == pytest.approx(0.5 * 0.0316 + 1.0 * 0.0042)
+    transform = stage_cost({"name": "transform", "seconds": 1800, "peak_rss_mb": 1}, SETTINGS)
+    on_demand = 0.5 * (2 * 0.0316 + 8 * 0.0042)
+    assert transform["on_demand_usd"] == pytest.approx(on_demand)
+    assert transform["usd"] == pytest.approx(on_demand * 0.3) and transform["on_spot"]
+
+
+def test_run_cost_adds_warehouse_bytes_billed() -> None:
+    cost = run_cost(
+        [{"name": "load", "seconds": 0, "peak_rss_mb": 1}],
+        SETTINGS,
+        bytes_staged=123,
+        warehouse_bytes_billed=2 * 10**12,
+    )
+    assert cost["warehouse_usd"] == pytest.approx(12.5)
+    assert cost["total_usd"] == pytest.approx(12.5)
+    assert cost["bytes_staged"] == 123
+
+
+def test_recommend_rounds_up_with_headroom() -> None:
+    recs = {r["stage"]: r for r in recommend({"extract": [300.0, 410.0], "load": [100.0]})}
+    assert recs["extract"]["memory_request"] == "576Mi"  # 410 * 1.25 = 512.5 -> 576
+    assert recs["extract"]["memory_limit"] == "640Mi"  # 410 * 1.5 = 615 -> 640
+    assert recs["extract"]["runs"] == 2
+    assert recs["load"]["memory_request"] == "128Mi"
+    assert "transform" not in recs
+
+
+def ledger_row(day: str, status: str, loaded: int, finished: int) -> dict[str, object]:
+    return {
+        "run_id": f"r-{day}-{finished}",
+        "run_date": day,
+        "status": status,
+        "source": "synthetic",
+        "rows_extracted": loaded + 10,
+        "rows_quarantined": 10,
+        "rows_loaded": loaded,
+        "stages": {
+            "measures": [{"name": "extract", "seconds": 2.0, "peak_rss_mb": 300.0}],
+            "bytes_staged": 1000,
+        },
+        "checks": [{"name": "min_rows", "passed": status == "published", "detail": ""}],
+        "error": None,
+        "started_at": None,
+        "finished_at": finished,
+    }
+
+
+def test_history_rows_per_day_and_chart() -> None:
+    runs = [  # newest first, as the ledger returns them
+        ledger_row("2025-11-16", "failed", 0, 3),
+        ledger_row("2025-11-15", "published", 990, 2),
+        ledger_row("2025-11-15", "published", 500, 1),
+    ]
+    rows = run_rows(runs, SETTINGS)
+    assert [r["quarantine_share"] for r in rows] == [
+        1.0,
+        pytest.approx(10 / 1000),
+        pytest.approx(10 / 510),
+    ]
+    assert rows[0]["failed_checks"] == ["min_rows"]
+    days = per_day(rows)
+    assert [(d["run_date"], d["rows"]) for d in days] == [("2025-11-15", 990), ("2025-11-16", 0)]
+    svg = history_svg(days)
+    assert svg.startswith("<svg") and svg.count("<rect") == 1 + 3 * 2
+    assert "#c62828" in svg and "#2e7d32" in svg and "2025-11-16" in svg
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_report_command_lists_runs_draws_the_chart_and_recommends(workdir: Path) -> None:
+    assert (
+        tripflow("run", "--source", "sample", "--date", "2025-11-15", cwd=workdir).returncode == 0
+    )
+    assert (
+        tripflow("run", "--source", "sample", "--date", "2025-11-16", cwd=workdir).returncode == 1
+    )  # the sample has no trips on the 16th: min_rows fails
+    proc = tripflow("report", "--last", "5", "--recommend", "--json", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [(r["run_date"], r["status"]) for r in out["runs"]] == [
+        ("2025-11-16", "failed"),
+        ("2025-11-15", "published"),
+    ]
+    assert out["runs"][0]["failed_checks"] == ["min_rows"]
+    assert out["runs"][1]["rows"] == 10 and out["runs"][1]["usd"] > 0
+    chart = Path(out["chart"])
+    assert chart == Path(".tripflow/tripflow-report.svg")
+    assert (workdir / chart).read_text().startswith("<svg")
+    stages = [r["stage"] for r in out["recommendations"]]
+    assert stages == ["extract", "transform", "load", "validate"]
+    text = tripflow("report", "--recommend", cwd=workdir)
+    assert text.returncode == 0
+    assert "Right-sizing" in text.stderr and "memory request" in text.stderr
