@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from tasks import steps
 from tasks.config import Settings, load_settings
 from tasks.errors import ChecksFailed
+from tasks.locks import day_lock
 from tasks.report import RunReport
 from tasks.sources import make_source
 from tasks.stages import RunContext
@@ -69,25 +70,8 @@ def daily_trip_etl(
     ctx = RunContext.create(str(flow_run.id or "local"), day, settings)
     report = RunReport(ctx, flow_run_id=flow_run.id)
     try:
-        report.extracted, measure = steps.extract(ctx)
-        report.add_stage(measure)
-        report.transformed, measure = steps.transform(ctx)
-        report.add_stage(measure)
-        report.read_regions()
-        report.loaded, measure = steps.load(ctx)
-        report.add_stage(measure)
-        report.checks, measure = steps.validate(
-            ctx, report.rows["extracted"], report.rows["quarantined"], report.loaded
-        )
-        report.add_stage(measure)
-        failed = [c.name for c in report.checks if not c.passed]
-        if failed:
-            raise ChecksFailed(failed)
-        report.status = "published"
-        report.published_rows, measure = steps.publish(
-            ctx, report.loaded, report.ledger("published")
-        )
-        report.add_stage(measure)
+        with day_lock(settings.staging, day):
+            _run_stages(ctx, report)
     except BaseException as exc:
         if hasattr(exc, "tripflow_stage"):
             report.add_stage(exc.tripflow_stage)
@@ -98,3 +82,24 @@ def daily_trip_etl(
         raise
     steps.publish_artifacts(report)
     return report.as_dict()
+
+
+def _run_stages(ctx: RunContext, report: RunReport) -> None:
+    """extract, transform, load, validate, publish: each a Prefect task; raises on failure."""
+    report.extracted, measure = steps.extract(ctx)
+    report.add_stage(measure)
+    report.transformed, measure = steps.transform(ctx)
+    report.add_stage(measure)
+    report.read_regions()
+    report.loaded, measure = steps.load(ctx)
+    report.add_stage(measure)
+    report.checks, measure = steps.validate(
+        ctx, report.rows["extracted"], report.rows["quarantined"], report.loaded
+    )
+    report.add_stage(measure)
+    failed = [c.name for c in report.checks if not c.passed]
+    if failed:
+        raise ChecksFailed(failed)
+    report.status = "published"
+    report.published_rows, measure = steps.publish(ctx, report.loaded, report.ledger("published"))
+    report.add_stage(measure)

@@ -20,6 +20,7 @@ from tasks.checks import CheckResult, run_checks
 from tasks.config import Settings, key_fingerprint, pii_key
 from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, REASONS
 from tasks.errors import InfrastructureError
+from tasks.faults import kill_point
 from tasks.sources import make_source
 from tasks.staging import PARQUET_WRITE, StagedDataset, Staging
 from tasks.transforms import (
@@ -89,6 +90,7 @@ def extract(ctx: RunContext) -> ExtractOutput:
     hasher = EmailHasher(key)
     with ctx.staging.write("raw", ctx.run_date, ctx.run_id) as folder:
         stats = source.extract(ctx.run_date, folder, hasher)
+        kill_point("extract")  # parts written, manifest not yet
     raw = ctx.staging.read("raw", ctx.run_date)
     return ExtractOutput(
         raw=raw.folder,
@@ -130,6 +132,7 @@ def transform(ctx: RunContext) -> TransformOutput:
         )
     clean = staging.read("clean", ctx.run_date)
     quarantine = staging.read("quarantine", ctx.run_date)
+    kill_point("transform")  # clean and quarantine replaced, region_daily not yet
     with staging.write("region_daily", ctx.run_date, ctx.run_id) as region_dir:
         region_daily(clean.scan(CLEAN_SCHEMA)).sink_parquet(
             region_dir / "part-00000.parquet", **PARQUET_WRITE
@@ -184,6 +187,7 @@ def validate(
     """Run every check against this run's staging tables (nothing is published here)."""
     clean, _, _ = _transformed(ctx)
     figures = make_warehouse(ctx.settings.warehouse).figures(ctx.run_date, loaded)
+    kill_point("validate")
     staged_sum = clean.manifest["checksums"].get("fare_usd_sum") or "0"
     return run_checks(
         figures,

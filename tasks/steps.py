@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -129,11 +129,12 @@ def write_history_chart(settings: Settings, last: int = 30) -> Path | None:
     """Draw the chart of the last runs next to the warehouse; None if the ledger is unreachable."""
     try:
         runs = make_warehouse(settings.warehouse).recent_runs(last)
-    except TripflowError:
+        path = chart_path(settings.warehouse)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(history_svg(per_day(run_rows(runs, settings))), encoding="utf-8")
+    except (TripflowError, OSError) as exc:
+        get_run_logger().warning("run history chart not written: %s", exc)
         return None
-    path = chart_path(settings.warehouse)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(history_svg(per_day(run_rows(runs, settings))), encoding="utf-8")
     return path
 
 

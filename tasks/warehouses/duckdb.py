@@ -28,6 +28,7 @@ from typing import Any, Final
 import duckdb
 
 from tasks.errors import InfrastructureError
+from tasks.faults import kill_point
 from tasks.warehouses.base import (
     Figures,
     LedgerRow,
@@ -274,6 +275,7 @@ class DuckDBWarehouse:
                     f"SELECT count(*) FROM {PARTS_SCHEMA}.{identifier(table)}_{suffix}"
                 ).fetchone()
                 counts[table] = int(row[0]) if row else 0
+                kill_point("load")  # the run's trips table loaded, its siblings not yet
         return LoadResult(
             suffix, counts["trips"], counts["trips_quarantine"], counts["region_daily"]
         )
@@ -325,6 +327,7 @@ class DuckDBWarehouse:
                 con.execute(INSERT_LEDGER, _ledger_params(ledger))
                 for name in sorted(previous - new_tables):
                     con.execute(DROP_PART.format(name=identifier(name)))
+                kill_point("publish")  # everything done but the COMMIT
                 con.execute("COMMIT")
             except duckdb.Error as exc:
                 con.execute("ROLLBACK")

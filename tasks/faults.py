@@ -1,0 +1,23 @@
+"""Kill points for the fault tests: ``TRIPFLOW_KILL_AT=<point>`` SIGKILLs the process there.
+
+A real SIGKILL at a chosen place inside a stage (mid-write, or inside the publish transaction
+right before its COMMIT) is how ``tests/test_faults.py`` proves that a killed run leaves the
+warehouse with the previous version of the day or the new one, never a mix, and that the re-run
+publishes it once.
+Unset (always, outside those tests), a kill point does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Final
+
+KILL_ENV: Final = "TRIPFLOW_KILL_AT"
+POINTS: Final = ("extract", "transform", "load", "validate", "publish")
+
+
+def kill_point(point: str) -> None:
+    """Die here, at once and without cleanup, when ``TRIPFLOW_KILL_AT`` names this point."""
+    if os.environ.get(KILL_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
