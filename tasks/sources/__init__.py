@@ -1,4 +1,5 @@
-"""Sources of trips, chosen by ``--source SPEC``: ``synthetic``, ``sample`` or ``file:PATH``."""
+"""Sources of trips, chosen by ``--source SPEC``: ``synthetic``, ``sample``, ``file:PATH`` or
+``postgres`` (``postgres:SCHEMA.TABLE``)."""
 
 from __future__ import annotations
 
@@ -41,4 +42,25 @@ def make_source(settings: Settings) -> Source:
         )
     if spec == "postgres" or spec.startswith("postgres:"):
         raise UsageError("--source postgres is not available yet (see the PostgreSQL issue)")
-    raise UsageError(f"unknown --source {spec!r}; use synthetic, sample or file:PATH")
+    if spec.startswith("kafka:"):
+        from tasks.config import kafka_credentials
+        from tasks.sources.kafka import KafkaSource
+
+        return KafkaSource(
+            spec.removeprefix("kafka:"),
+            bootstrap=settings.kafka_bootstrap,
+            group=settings.kafka_group,
+            timezone=settings.source_timezone,
+            region_set=region_set,
+            staging_root=settings.staging,
+            security_protocol=settings.kafka_security_protocol,
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            options=settings.kafka_options,
+            credentials=kafka_credentials(),
+            lateness_minutes=settings.kafka_lateness_minutes,
+            reread=settings.kafka_reread,
+            idle_timeout_s=settings.kafka_idle_timeout_s,
+        )
+    raise UsageError(
+        f"unknown --source {spec!r}; use synthetic, sample, file:PATH or postgres[:SCHEMA.TABLE]"
+    )
