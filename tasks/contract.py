@@ -52,6 +52,8 @@ RAW_SCHEMA: Final[dict[str, pl.DataType]] = {
     "_source_file": pl.String(),
     "_source_row": pl.Int64(),
     #: The source gave a pickup wall clock (a null ``pickup_ts`` beside it is a ``missing_key``).
+    #: Null: the source could not read the record at all (a ``bad_record``, e.g. a Kafka message
+    #: that is not JSON); such a row keeps what could be read, and its lineage.
     "_pickup_given": pl.Boolean(),
 }
 
@@ -101,6 +103,7 @@ REASONS: Final = (
     "dropoff_before_pickup",
     "unknown_region",
     "duplicate_trip_id",
+    "bad_record",
 )
 
 #: Oddities that are warnings in the quality report, not quarantine.

@@ -28,6 +28,9 @@ MANIFEST: Final = "_manifest.json"
 STAGES: Final = ("raw", "clean", "quarantine", "region_daily")
 #: How every stage writes Parquet: zstd at level 1 (as small as level 3 on trips, ~25% faster).
 PARQUET_WRITE: Final[dict[str, Any]] = {"compression": "zstd", "compression_level": 1}
+#: A source may leave this JSON file beside its parts (e.g. the Kafka offset ranges it read): it is
+#: copied into the manifest's ``checksums`` as ``source_read``, so the run ledger keeps it too.
+SOURCE_READ: Final = "_source_read.json"
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class Staging:
             "rows": total,
             "schema": schema,
             "files": entries,
-            "checksums": _checksums(files),
+            "checksums": _checksums(files) | _source_read(tmp),
             "written_at": datetime.now(UTC).isoformat(),
         }
         with (tmp / MANIFEST).open("w", encoding="utf-8") as handle:
@@ -165,6 +168,13 @@ class Staging:
             for p in self.folder(stage, run_date).glob("*")
             if p.is_file()
         )
+
+
+def _source_read(folder: Path) -> dict[str, Any]:
+    record = folder / SOURCE_READ
+    if not record.is_file():
+        return {}
+    return {"source_read": json.loads(record.read_text(encoding="utf-8"))}
 
 
 def _checksums(files: list[Path]) -> dict[str, Any]:

@@ -110,6 +110,7 @@ def with_rule_reasons(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> p
         "negative_fare": pl.col("fare_usd") < 0,
         "dropoff_before_pickup": pl.col("dropoff_ts") < pl.col("pickup_ts"),
         "unknown_region": unknown_region,
+        "bad_record": pl.col("_pickup_given").is_null(),
     }
     bits = pl.sum_horizontal(
         expr.fill_null(False).cast(pl.UInt8) * REASON_BITS[name] for name, expr in rules.items()

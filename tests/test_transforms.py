@@ -73,6 +73,7 @@ def reasons_of(
         ({"fare_usd": -0.01}, "negative_fare"),
         ({"dropoff_ts": ts(7, 59)}, "dropoff_before_pickup"),
         ({"region": "   "}, "unknown_region"),
+        ({"_pickup_given": None}, "bad_record"),
     ],
 )
 def test_each_rule_quarantines_with_its_reason(row: dict[str, object], reason: str) -> None:
@@ -157,6 +158,7 @@ def test_reason_counts_count_a_row_under_each_reason() -> None:
         "dropoff_before_pickup": 0,
         "unknown_region": 0,
         "duplicate_trip_id": 0,
+        "bad_record": 0,
     }
 
 
