@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+)
 from prefect.states import Completed, Failed
 
 from flows.daily import daily_trip_etl
@@ -28,7 +34,10 @@ ARTIFACT_KEYS = (
 def _artifacts(flow_run_id: str) -> dict[str, object]:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(ARTIFACT_KEYS))),
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=list(ARTIFACT_KEYS)),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]),
+            ),
         )
     return {a.key: a for a in found if str(a.flow_run_id) == flow_run_id}
 
