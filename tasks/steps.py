@@ -24,7 +24,7 @@ from tasks.chart import history_svg
 from tasks.checks import CheckResult
 from tasks.config import Settings, retry_delays
 from tasks.errors import InfrastructureError, TripflowError
-from tasks.history import chart_path, per_day, run_rows
+from tasks.history import chart_path, per_day, recommendations, run_rows
 from tasks.metrics import measure
 from tasks.report import RunReport
 from tasks.stages import ExtractOutput, RunContext, TransformOutput
@@ -113,10 +113,13 @@ def publish_artifacts(report: RunReport) -> None:
     create_markdown_artifact(
         key="run-ledger", markdown=ledger_markdown(report), description=f"Run ledger of {day}"
     )
+    runs = recent_runs(report.ctx.settings)
     create_markdown_artifact(
-        key="cost-report", markdown=cost_markdown(data), description=f"Cost of {day}"
+        key="cost-report",
+        markdown=cost_markdown(data) + rightsizing_markdown(recommendations(runs or [])),
+        description=f"Cost of {day}",
     )
-    chart = write_history_chart(report.ctx.settings)
+    chart = write_history_chart(report.ctx.settings, runs)
     if chart is not None:
         create_link_artifact(
             key="run-history-chart",
@@ -125,10 +128,20 @@ def publish_artifacts(report: RunReport) -> None:
         )
 
 
-def write_history_chart(settings: Settings, last: int = 30) -> Path | None:
-    """Draw the chart of the last runs next to the warehouse; None if the ledger is unreachable."""
+def recent_runs(settings: Settings, last: int = 30) -> list[dict[str, Any]] | None:
+    """The ledger's latest runs; None (and a warning) when the warehouse cannot be read."""
     try:
-        runs = make_warehouse(settings.warehouse).recent_runs(last)
+        return make_warehouse(settings.warehouse).recent_runs(last)
+    except TripflowError as exc:
+        get_run_logger().warning("run history not read: %s", exc)
+        return None
+
+
+def write_history_chart(settings: Settings, runs: list[dict[str, Any]] | None) -> Path | None:
+    """Draw the chart of recent runs next to the warehouse; None when it cannot be written."""
+    if runs is None:
+        return None
+    try:
         path = chart_path(settings.warehouse)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(history_svg(per_day(run_rows(runs, settings))), encoding="utf-8")
@@ -158,6 +171,25 @@ def ledger_markdown(report: RunReport) -> str:
             rows = sums.get("rows", "")
             rest = ", ".join(f"{k}={v}" for k, v in sums.items() if k != "rows")
             lines.append(f"| {stage} | {rows} | {rest} |")
+    return "\n".join(lines) + "\n"
+
+
+def rightsizing_markdown(recs: list[dict[str, Any]]) -> str:
+    """Memory request and limit per stage from the peaks of recent published runs."""
+    if not recs:
+        return "\n## Right-sizing\n\nNo published runs to size from yet.\n"
+    lines = [
+        "",
+        f"## Right-sizing (from the last {max(r['runs'] for r in recs)} published runs)",
+        "",
+        "| stage | max peak MiB | memory request | memory limit | requested now |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['stage']} | {r['max_peak_mib']:.0f} | {r['memory_request']} | "
+        f"{r['memory_limit']} | {r['current_request']} |"
+        for r in recs
+    ]
     return "\n".join(lines) + "\n"
 
 

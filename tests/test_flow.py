@@ -62,7 +62,8 @@ def test_flow_run_completes_with_its_name_and_artifacts(workdir: Path) -> None:
     assert set(artifacts) == set(ARTIFACT_KEYS)
     ledger = str(artifacts["run-ledger"].data)
     assert "fare_usd_sum=211.40" in ledger and "| raw | 10 |" in ledger
-    assert "estimated total" in str(artifacts["cost-report"].data)
+    cost = str(artifacts["cost-report"].data)
+    assert "estimated total" in cost and "## Right-sizing" in cost
     chart = str(artifacts["run-history-chart"].data)
     assert "(file://" in chart and chart.endswith("tripflow-report.svg)")
     summary = str(artifacts["regional-summary"].data)
