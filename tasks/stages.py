@@ -32,6 +32,7 @@ from tasks.transforms import (
     quarantined_trips,
     reason_counts,
     region_daily,
+    repeated_id_hashes,
     with_rule_reasons,
 )
 from tasks.warehouses import LedgerRow, LoadResult, StagedFiles, make_warehouse
@@ -113,7 +114,9 @@ def transform(ctx: RunContext) -> TransformOutput:
     region_set = make_source(ctx.settings).region_set
     rows = raw.scan(RAW_SCHEMA)
     # The repeated trip_ids are few: find them first, then stream every row past them once.
-    later = later_duplicates(with_rule_reasons(rows, region_set)).collect()
+    flagged = with_rule_reasons(rows, region_set)
+    repeated = repeated_id_hashes(flagged).collect()  # separate passes keep memory flat
+    later = later_duplicates(flagged, repeated.lazy()).collect()
     classified = classify(rows, region_set, later.lazy())
     with (
         staging.write("clean", ctx.run_date, ctx.run_id) as clean_dir,

@@ -118,18 +118,34 @@ def with_rule_reasons(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> p
     return raw.with_columns(_reason_bits=bits.cast(pl.UInt8))
 
 
-def later_duplicates(flagged: pl.LazyFrame) -> pl.LazyFrame:
+def repeated_id_hashes(flagged: pl.LazyFrame) -> pl.LazyFrame:
+    """64-bit hashes of the trip_ids that occur more than once among rows passing the rules.
+
+    8 bytes a row instead of the string keeps this pass small; a hash collision only adds a
+    candidate, which ``later_duplicates`` settles on the real trip_id.
+    """
+    return (
+        flagged.filter(pl.col("_reason_bits") == 0)
+        .select(_h=pl.col("trip_id").hash())
+        .group_by("_h")
+        .agg(pl.len().alias("_n"))
+        .filter(pl.col("_n") > 1)
+        .select("_h")
+    )
+
+
+def later_duplicates(flagged: pl.LazyFrame, repeated: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """The rows that repeat an earlier valid row's trip_id: ``_source_file``, ``_source_row``.
 
     Among rows that pass the other rules the first occurrence of each trip_id is kept; first means
-    lowest ``_source_file``, then lowest ``_source_row``. Repeated ids are found by a 64-bit hash
-    first (8 bytes a row instead of the string) and settled on the real trip_id, so a collision
-    only adds a candidate, never a duplicate; only the (usually few) candidates are sorted.
+    lowest ``_source_file``, then lowest ``_source_row``. Only the candidates ``repeated`` names
+    (usually few) are sorted.
     """
-    passing = flagged.filter(pl.col("_reason_bits") == 0).with_columns(_h=pl.col("trip_id").hash())
-    repeated = passing.group_by("_h").agg(pl.len().alias("_n")).filter(pl.col("_n") > 1)
+    hashes = repeated_id_hashes(flagged) if repeated is None else repeated
     return (
-        passing.join(repeated.select("_h"), on="_h", how="semi")
+        flagged.filter(pl.col("_reason_bits") == 0)
+        .with_columns(_h=pl.col("trip_id").hash())
+        .join(hashes, on="_h", how="semi")
         .select("trip_id", "_source_file", "_source_row")
         .sort("trip_id", "_source_file", "_source_row")
         .filter(~pl.col("trip_id").is_first_distinct())
