@@ -224,3 +224,13 @@ def test_to_raw_takes_only_the_day_and_hashes_pii() -> None:
     assert out["rider_email_hash"][0] not in ("a@x.org", None)
     assert out["_source_file"].to_list() == ["f.csv"]
     assert list(out.columns) == list(RAW_SCHEMA)
+
+
+def test_email_hasher_stays_correct_past_its_memo_limit() -> None:
+    key = b"long key " * 10  # longer than a SHA-256 block: hashed first, as HMAC does
+    hasher = EmailHasher(key, memo_limit=3)
+    batches = [[f"u{i}@x.org" for i in range(j, j + 4)] for j in range(0, 12, 2)]
+    for batch in batches:
+        got = hasher(pl.Series(batch)).to_list()
+        want = [hmac.new(key, v.encode(), hashlib.sha256).hexdigest()[:32] for v in batch]
+        assert got == want
