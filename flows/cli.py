@@ -25,6 +25,7 @@ import typer
 from rich.console import Console
 
 from flows import render
+from flows.source_cli import source_app
 from tasks.errors import TripflowError
 from tasks.metrics import add_listener, remove_listener
 
@@ -41,7 +42,11 @@ DateOpt = Annotated[
     typer.Option("--date", formats=["%Y-%m-%d"], help="Business day; default yesterday."),
 ]
 SourceOpt = Annotated[
-    str | None, typer.Option("--source", help="synthetic (default), sample, or file:PATH.")
+    str | None,
+    typer.Option(
+        "--source",
+        help="synthetic (default), sample, file:PATH, postgres[:SCHEMA.TABLE] or kafka:TOPIC.",
+    ),
 ]
 FormatOpt = Annotated[
     str | None, typer.Option("--format", help="File column mapping: trips or nyc-tlc-yellow.")
@@ -251,6 +256,8 @@ def report(
     else:
         render.history(console, rows, chart, recs if recommend else None)
 
+
+app.add_typer(source_app, name="source")
 
 if __name__ == "__main__":
     app()

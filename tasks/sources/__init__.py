@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tasks.config import Settings
+from tasks.config import Settings, postgres_dsn
 from tasks.errors import UsageError
 from tasks.formats import FORMATS
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail, Source
@@ -41,7 +41,16 @@ def make_source(settings: Settings) -> Source:
             region_set=region_set,
         )
     if spec == "postgres" or spec.startswith("postgres:"):
-        raise UsageError("--source postgres is not available yet (see the PostgreSQL issue)")
+        from tasks.sources.postgres import PostgresSource
+
+        return PostgresSource(
+            postgres_dsn(),
+            table=spec.removeprefix("postgres").removeprefix(":") or settings.postgres_table,
+            columns=settings.postgres_columns,
+            timezone=settings.source_timezone,
+            region_set=region_set,
+            statement_timeout_s=settings.postgres_statement_timeout_s,
+        )
     if spec.startswith("kafka:"):
         from tasks.config import kafka_credentials
         from tasks.sources.kafka import KafkaSource
@@ -62,5 +71,6 @@ def make_source(settings: Settings) -> Source:
             idle_timeout_s=settings.kafka_idle_timeout_s,
         )
     raise UsageError(
-        f"unknown --source {spec!r}; use synthetic, sample, file:PATH or postgres[:SCHEMA.TABLE]"
+        f"unknown --source {spec!r}; use synthetic, sample, file:PATH, postgres[:SCHEMA.TABLE] "
+        "or kafka:TOPIC"
     )
