@@ -14,8 +14,6 @@ from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import polars as pl
-
 from tasks.checks import CheckResult, run_checks
 from tasks.config import Settings, key_fingerprint, pii_key
 from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, REASONS
@@ -25,7 +23,6 @@ from tasks.sources import make_source
 from tasks.staging import PARQUET_WRITE, StagedDataset, Staging
 from tasks.transforms import (
     EmailHasher,
-    classify,
     clean_trips,
     later_duplicates,
     quality_warnings,
@@ -33,6 +30,7 @@ from tasks.transforms import (
     reason_counts,
     region_daily,
     repeated_id_hashes,
+    with_duplicate_reason,
     with_rule_reasons,
 )
 from tasks.warehouses import LedgerRow, LoadResult, StagedFiles, make_warehouse
@@ -113,25 +111,21 @@ def transform(ctx: RunContext) -> TransformOutput:
     raw = staging.read("raw", ctx.run_date)
     region_set = make_source(ctx.settings).region_set
     rows = raw.scan(RAW_SCHEMA)
-    # The repeated trip_ids are few: find them first, then stream every row past them once.
+    # The repeated trip_ids are few: find them in two small passes, then stream every row past
+    # them, writing clean and quarantine one after the other (one pass each keeps memory flat).
     flagged = with_rule_reasons(rows, region_set)
-    repeated = repeated_id_hashes(flagged).collect()  # separate passes keep memory flat
+    repeated = repeated_id_hashes(flagged).collect()
     later = later_duplicates(flagged, repeated.lazy()).collect()
-    classified = classify(rows, region_set, later.lazy())
+    classified = with_duplicate_reason(flagged, later)
     with (
         staging.write("clean", ctx.run_date, ctx.run_id) as clean_dir,
         staging.write("quarantine", ctx.run_date, ctx.run_id) as quarantine_dir,
     ):
-        clean_file = clean_dir / "part-00000.parquet"
-        pl.collect_all(
-            [
-                clean_trips(classified, ctx.run_id).sink_parquet(
-                    clean_file, **PARQUET_WRITE, lazy=True
-                ),
-                quarantined_trips(classified, ctx.run_id).sink_parquet(
-                    quarantine_dir / "part-00000.parquet", **PARQUET_WRITE, lazy=True
-                ),
-            ]
+        clean_trips(classified, ctx.run_id).sink_parquet(
+            clean_dir / "part-00000.parquet", **PARQUET_WRITE
+        )
+        quarantined_trips(classified, ctx.run_id).sink_parquet(
+            quarantine_dir / "part-00000.parquet", **PARQUET_WRITE
         )
     clean = staging.read("clean", ctx.run_date)
     quarantine = staging.read("quarantine", ctx.run_date)

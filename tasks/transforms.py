@@ -163,22 +163,21 @@ def later_duplicates(flagged: pl.LazyFrame, repeated: pl.LazyFrame | None = None
     )
 
 
-def with_duplicate_reason(flagged: pl.LazyFrame, later: pl.LazyFrame) -> pl.LazyFrame:
-    """Add the ``duplicate_trip_id`` bit to the rows ``later_duplicates`` found."""
+def with_duplicate_reason(flagged: pl.LazyFrame, later: pl.DataFrame) -> pl.LazyFrame:
+    """Add the ``duplicate_trip_id`` bit to the rows ``later_duplicates`` found.
+
+    ``later`` is small (one row per repeated trip); matching it by membership instead of a join
+    keeps the streaming pass over every row flat in memory.
+    """
     dup_bit = REASON_BITS["duplicate_trip_id"]
-    return (
-        flagged.join(
-            later.with_columns(_dup=pl.lit(True)),
-            on=["_source_file", "_source_row"],
-            how="left",
-            maintain_order="left",
-        )
-        .with_columns(
-            _reason_bits=pl.when(pl.col("_dup").fill_null(False))
-            .then(pl.col("_reason_bits") | dup_bit)
-            .otherwise(pl.col("_reason_bits"))
-        )
-        .drop("_dup")
+    keys = later.select(pl.struct("_source_file", "_source_row")).to_series()
+    is_later = pl.col("_source_file").is_in(later["_source_file"].unique().implode()) & pl.struct(
+        "_source_file", "_source_row"
+    ).is_in(keys.implode())
+    return flagged.with_columns(
+        _reason_bits=pl.when(is_later)
+        .then(pl.col("_reason_bits") | dup_bit)
+        .otherwise(pl.col("_reason_bits"))
     )
 
 
@@ -189,16 +188,14 @@ def reason_names(bits: pl.Expr) -> pl.Expr:
     ).list.drop_nulls()
 
 
-def classify(
-    raw: pl.LazyFrame, region_set: frozenset[str] | None, later: pl.LazyFrame | None = None
-) -> pl.LazyFrame:
+def classify(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> pl.LazyFrame:
     """Every raw row with ``_reason_bits``, the reasons it breaks (0: a valid trip).
 
-    ``later`` is ``later_duplicates`` of the same rows, when the caller has already computed it
-    (the transform stage does, so that the streaming plan below it stays small).
+    The few repeated rows are found first (a small frame, collected here); the transform stage
+    does the same in separate steps so that each pass over the day stays small.
     """
     flagged = with_rule_reasons(raw, region_set)
-    return with_duplicate_reason(flagged, later_duplicates(flagged) if later is None else later)
+    return with_duplicate_reason(flagged, later_duplicates(flagged).collect())
 
 
 def clean_trips(classified: pl.LazyFrame, run_id: str) -> pl.LazyFrame:

@@ -22,7 +22,7 @@ from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
 from tasks.staging import PARQUET_WRITE
 from tasks.transforms import to_raw
 
-CHUNK_ROWS: Final = 1_000_000
+CHUNK_ROWS: Final = 500_000
 REGIONS: Final = ("us-east", "us-west", "eu-west", "us-central", "ap-south")
 REGION_WEIGHTS: Final = (0.34, 0.26, 0.2, 0.12, 0.08)
 PAYMENT_TYPES: Final = ("card", "wallet", "cash")

@@ -219,6 +219,9 @@ PUBLISHED_TABLES: Final = (
 )
 
 LOCK_TIMEOUT_SECONDS: Final = 3600.0
+#: DuckDB's own memory budget (it spills to ``<file>.tmp`` beyond it), so a stage's pod can be
+#: sized from measured peaks instead of DuckDB's default of 80% of the machine.
+MEMORY_LIMIT: Final = "512MB"
 
 
 class DuckDBWarehouse:
@@ -237,7 +240,11 @@ class DuckDBWarehouse:
         try:
             _lock(lock, fcntl.LOCK_SH if read_only else fcntl.LOCK_EX, self.path)
             try:
-                con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+                con = duckdb.connect(
+                    str(self.path),
+                    read_only=read_only and self.path.exists(),
+                    config={"memory_limit": MEMORY_LIMIT},
+                )
             except duckdb.Error as exc:
                 raise InfrastructureError(f"warehouse {self.path}: cannot open: {exc}") from exc
             try:
