@@ -151,4 +151,5 @@ class RunReport:
             "unattributed": ext.unattributed if ext else 0,
             "warnings": tr.warnings if tr else {},
             "quarantine_examples": tr.examples if tr else [],
+            "source_read": ext.source_read if ext else {},
         }

@@ -67,6 +67,8 @@ class ExtractOutput:
     source_fingerprint: str
     pii_key_fingerprint: str
     checksums: dict[str, Any]
+    #: What a record-oriented source says it read (e.g. Kafka offset ranges, late events).
+    source_read: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def extract(ctx: RunContext) -> ExtractOutput:
         source_fingerprint=source.fingerprint(),
         pii_key_fingerprint=key_fingerprint(key),
         checksums=raw.manifest["checksums"],
+        source_read=raw.manifest["checksums"].get("source_read") or {},
     )
 
 

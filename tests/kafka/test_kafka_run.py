@@ -82,6 +82,9 @@ def test_run_source_kafka_publishes_the_day(
     read = stages["raw"]["source_read"]
     assert read["topic"] == topic and read["on_day"] == 1200
     assert sorted(read["partitions"]) == ["0", "1", "2"]
+    # The run's own report says what was read, late events included.
+    assert report["quality"]["source_read"] == read
+    assert "late_events" in read
     # The day-found event reached the Prefect server (for event-driven triggers).
     deadline = time.monotonic() + 30
     events: list[dict[str, Any]] = []
