@@ -25,6 +25,7 @@ import typer
 from rich.console import Console
 
 from flows import render
+from flows.ops_cli import ops_app
 from flows.source_cli import source_app
 from tasks.errors import TripflowError
 from tasks.metrics import add_listener, remove_listener
@@ -258,6 +259,7 @@ def report(
 
 
 app.add_typer(source_app, name="source")
+app.add_typer(ops_app, name="automations")
 
 if __name__ == "__main__":
     app()

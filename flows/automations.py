@@ -1,0 +1,279 @@
+"""tripflow's automations, as code: who is told what, and when, about ``daily-trip-etl``.
+
+Four automations, each a Prefect 3 ``Automation`` (an event trigger plus a ``SendNotification``
+action to one notification block), applied idempotently by name (``apply``; the CLI's
+``tripflow automations apply``):
+
+- ``tripflow-daily-failed`` (reactive): a ``daily-trip-etl`` flow run entered Failed or Crashed.
+  The message names the run, its ``run_date``, the state message (the failed check, e.g.
+  ``checks failed: min_rows``, or the error) and a link to the run in the Prefect UI.
+- ``tripflow-daily-stale`` (proactive): no ``daily-trip-etl`` run reached Completed in the last
+  26 hours (a daily schedule that silently stopped, a worker that is gone, a run stuck forever).
+- ``tripflow-k8s-pod-failed`` (reactive): a pipeline pod failed. prefect-kubernetes' observer
+  emits ``prefect.kubernetes.pod.failed``, but for a pod whose container terminated with a reason
+  (``OOMKilled``, ``Error``) it emits ``prefect.kubernetes.pod.evicted`` with the reason in the
+  resource label ``kubernetes.reason`` and its diagnosis in ``kubernetes.diagnosis``
+  (prefect-kubernetes 0.8.0, ``observer.py``): both are matched, and the message carries both.
+- ``tripflow-daily-running-long`` (proactive, per flow run): a ``daily-trip-etl`` run entered
+  Running and reached no final state within 4 hours, longer than the daily Job's
+  ``activeDeadlineSeconds`` (3 h): a run still "Running" then has lost its pod
+  (PrefectHQ/prefect#21022: OOM-killed runs left Running forever).
+
+Proactive triggers are evaluated by the server's triggers service every 5 seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from prefect.automations import (
+    Automation,
+    AutomationCore,
+    EventTrigger,
+    Posture,
+    SendNotification,
+)
+
+FLOW_NAME = "daily-trip-etl"
+#: Every automation's name starts with this; ``apply`` manages exactly these names.
+PREFIX = "tripflow-"
+TAGS = ["tripflow"]
+
+FAILED = f"{PREFIX}daily-failed"
+STALE = f"{PREFIX}daily-stale"
+POD_FAILED = f"{PREFIX}k8s-pod-failed"
+RUNNING_LONG = f"{PREFIX}daily-running-long"
+
+#: The defaults: no Completed run for 26 hours; Running for longer than 4 hours.
+STALE_AFTER = timedelta(hours=26)
+RUNNING_LONGER_THAN = timedelta(hours=4)
+#: The pipeline's Kubernetes namespace (prefect.yaml): a failed pod there is one of ours.
+NAMESPACE = "data-pipeline"
+
+#: The flow the daily runs belong to, as a related resource of every flow-run event.
+_DAILY_FLOW = {"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME}
+_FINAL_STATES = {
+    "prefect.flow-run.Completed",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Crashed",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.Cancelling",
+    # A flow-level retry goes Running -> AwaitingRetry -> Running: a new window starts.
+    "prefect.flow-run.AwaitingRetry",
+}
+
+FAILED_SUBJECT = "tripflow: {{ flow_run.name }} {{ flow_run.state.name }}"
+FAILED_BODY = """\
+tripflow daily run {{ flow_run.state.name }}: {{ flow_run.name }}
+run_date: {{ flow_run.parameters.get('run_date') or 'default (yesterday)' }}
+state: {{ flow_run.state.name }}
+error: {{ flow_run.state.message }}
+link: {{ flow_run|ui_url }}
+flow run id: {{ flow_run.id }}
+event: {{ event.event }} at {{ event.occurred }}"""
+
+STALE_SUBJECT = "tripflow: no Completed daily-trip-etl run in {{ automation.trigger.within }}"
+STALE_BODY = """\
+tripflow: no daily-trip-etl flow run has reached Completed for {{ automation.trigger.within }}.
+The warehouse is missing at least one day. Check the schedule, the work pool's worker and recent
+runs of the deployment daily-trip-etl/daily-trip-etl.
+automation: {{ automation.name }} ({{ automation|ui_url }})"""
+
+POD_FAILED_SUBJECT = (
+    "tripflow: pod {{ event.resource.name }} failed"
+    "{% if event.resource.get('kubernetes.reason') %}"
+    " ({{ event.resource['kubernetes.reason'] }}){% endif %}"
+)
+POD_FAILED_BODY = """\
+tripflow pipeline pod failed: {{ event.resource.name }} \
+(namespace {{ event.resource.get('kubernetes.namespace') }})
+reason: {{ event.resource.get('kubernetes.reason') or 'unknown' }}
+diagnosis: {{ event.resource.get('kubernetes.diagnosis') or 'none' }}
+{% if event.resource.get('kubernetes.reason') == 'OOMKilled' -%}
+The container was killed for exceeding its memory limit: raise the stage's memory_limit job \
+variable (deployments/README.md, "Memory limits") or give it less data per run.
+{% endif -%}
+flow run: {{ flow_run.name }} ({{ flow_run|ui_url }})
+state: {{ flow_run.state.name }}
+event: {{ event.event }} at {{ event.occurred }}"""
+
+RUNNING_LONG_SUBJECT = (
+    "tripflow: {{ flow_run.name }} Running longer than {{ automation.trigger.within }}"
+)
+RUNNING_LONG_BODY = """\
+tripflow daily run {{ flow_run.name }} has been Running for more than \
+{{ automation.trigger.within }} without finishing.
+run_date: {{ flow_run.parameters.get('run_date') or 'default (yesterday)' }}
+Its Job's activeDeadlineSeconds should have ended it: the run has probably lost its pod \
+(OOM-killed, evicted, node gone). Check the pod, then cancel or re-run the day.
+link: {{ flow_run|ui_url }}"""
+
+
+def definitions(
+    block_document_id: UUID,
+    *,
+    stale_after: timedelta = STALE_AFTER,
+    running_longer_than: timedelta = RUNNING_LONGER_THAN,
+    namespace: str = NAMESPACE,
+) -> list[Automation]:
+    """The automations, all notifying through the notification block ``block_document_id``."""
+
+    def notify(subject: str, body: str) -> SendNotification:
+        return SendNotification(block_document_id=block_document_id, subject=subject, body=body)
+
+    return [
+        Automation(
+            name=FAILED,
+            description=f"Notify when a {FLOW_NAME} flow run fails or crashes.",
+            tags=TAGS,
+            trigger=EventTrigger(
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related=_DAILY_FLOW,  # type: ignore[arg-type]
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=[notify(FAILED_SUBJECT, FAILED_BODY)],
+        ),
+        Automation(
+            name=STALE,
+            description=f"Notify when no {FLOW_NAME} flow run has Completed for {stale_after}.",
+            tags=TAGS,
+            trigger=EventTrigger(
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related=_DAILY_FLOW,  # type: ignore[arg-type]
+                expect={"prefect.flow-run.Completed"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=stale_after,
+            ),
+            actions=[notify(STALE_SUBJECT, STALE_BODY)],
+        ),
+        Automation(
+            name=POD_FAILED,
+            description="Notify when a tripflow pod fails on Kubernetes (OOMKilled diagnosed).",
+            tags=TAGS,
+            trigger=EventTrigger(
+                match={
+                    "prefect.resource.id": "prefect.kubernetes.pod.*",
+                    "kubernetes.namespace": namespace,
+                },
+                expect={"prefect.kubernetes.pod.failed", "prefect.kubernetes.pod.evicted"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=[notify(POD_FAILED_SUBJECT, POD_FAILED_BODY)],
+        ),
+        Automation(
+            name=RUNNING_LONG,
+            description=f"Notify when a {FLOW_NAME} run is Running for over {running_longer_than}.",
+            tags=TAGS,
+            trigger=EventTrigger(
+                after={"prefect.flow-run.Running"},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related=_DAILY_FLOW,  # type: ignore[arg-type]
+                expect=_FINAL_STATES,
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=running_longer_than,
+            ),
+            actions=[notify(RUNNING_LONG_SUBJECT, RUNNING_LONG_BODY)],
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class Applied:
+    name: str
+    action: str  # "created", "updated" or "unchanged"
+    id: UUID
+
+
+def comparable(automation: Automation) -> dict[str, Any]:
+    """The definition as JSON, with the trigger's sets sorted (a set's order varies by process)."""
+    data = automation.model_dump(mode="json", exclude={"id", "owner_resource"})
+    for key in ("expect", "after", "for_each"):
+        if isinstance(data["trigger"].get(key), list):
+            data["trigger"][key] = sorted(data["trigger"][key])
+    return data
+
+
+async def apply(automations: list[Automation]) -> list[Applied]:
+    """Create each automation, or update the one of the same name; returns what was done.
+
+    Idempotent: applying the same definitions twice leaves one automation of each name and
+    changes nothing the second time. Duplicates of a name (made by hand) are deleted.
+    """
+    from prefect import get_client
+
+    done: list[Applied] = []
+    async with get_client() as client:
+        for automation in automations:
+            existing = await client.read_automations_by_name(automation.name)
+            if not existing:
+                created = await client.create_automation(
+                    AutomationCore(**automation.model_dump(exclude={"id"}))
+                )
+                done.append(Applied(automation.name, "created", created))
+                continue
+            keep, *extra = sorted(existing, key=lambda a: str(a.id))
+            for duplicate in extra:
+                await client.delete_automation(duplicate.id)
+            current = Automation(**keep.model_dump())
+            if comparable(current) == comparable(automation):
+                done.append(Applied(automation.name, "unchanged", keep.id))
+                continue
+            await client.update_automation(
+                keep.id, AutomationCore(**automation.model_dump(exclude={"id", "owner_resource"}))
+            )
+            done.append(Applied(automation.name, "updated", keep.id))
+    return done
+
+
+async def notification_block_id(name: str) -> UUID:
+    """The id of a saved notification block: ``SLUG/NAME`` or a ``custom-webhook`` ``NAME``."""
+    from prefect import get_client
+
+    slug, _, block_name = name.rpartition("/")
+    async with get_client() as client:
+        document = await client.read_block_document_by_name(
+            block_name, block_type_slug=slug or "custom-webhook"
+        )
+    return document.id
+
+
+async def save_webhook_block(name: str, url: str) -> UUID:
+    """Save (or overwrite) a ``CustomWebhookNotificationBlock`` POSTing subject and body as JSON."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    block = CustomWebhookNotificationBlock(
+        name=name,
+        url=url,
+        method="POST",
+        json_data={"subject": "{{subject}}", "body": "{{body}}", "source": "{{name}}"},
+        headers=None,
+        cookies=None,
+    )
+    block_id: UUID = await block.asave(name, overwrite=True)
+    return block_id
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``26h``, ``90m``, ``20s``, ``2d`` or plain seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (e.g. 26h, 90m, 20s)")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
