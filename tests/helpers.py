@@ -27,3 +27,33 @@ def tripflow(
         timeout=timeout,
         check=False,
     )
+
+
+def prefect_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the ``prefect`` CLI from the project root against the session's server; must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+async def remove_deployment_and_pool(deployment: str, pool: str) -> None:
+    """Delete a test's deployment (``flow/name``) and work pool, if they exist."""
+    import contextlib
+
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        with contextlib.suppress(ObjectNotFound):
+            found = await client.read_deployment_by_name(deployment)
+            await client.delete_deployment(found.id)
+        with contextlib.suppress(ObjectNotFound):
+            await client.delete_work_pool(pool)

@@ -10,26 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
-import sys
 from typing import Any
 
-from k8s.k8s_support import ROOT, TEMPLATE, k8s_validate
+from helpers import prefect_cli
+from k8s.k8s_support import TEMPLATE, k8s_validate
 
 
 def _prefect(*args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "prefect", *args],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
+    return prefect_cli(*args, timeout=300)
 
 
 async def _stored(names: list[str]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from helpers import ROOT
+from helpers import ROOT, prefect_cli, remove_deployment_and_pool
 from ops.conftest import Receiver
 from ops.k8s_standin import KubernetesStandIn
 from ops.test_automations import _clean_up as _clean_up_automations
@@ -42,29 +42,11 @@ NAMESPACE = "data-pipeline"
 
 
 def _prefect(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "prefect", *args],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
+    return prefect_cli(*args, timeout=timeout)
 
 
 async def _clean_up() -> None:
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    async with get_client() as client:
-        with contextlib.suppress(ObjectNotFound):
-            deployment = await client.read_deployment_by_name(f"daily-trip-etl/{DEPLOYMENT}")
-            await client.delete_deployment(deployment.id)
-        with contextlib.suppress(ObjectNotFound):
-            await client.delete_work_pool(POOL)
+    await remove_deployment_and_pool(f"daily-trip-etl/{DEPLOYMENT}", POOL)
 
 
 async def _flow_run(flow_run_id: uuid.UUID) -> Any:

@@ -11,7 +11,6 @@ shows the task waiting for its retry, and the retry succeeds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from helpers import ROOT
+from helpers import ROOT, prefect_cli, remove_deployment_and_pool
 
 POOL = "tripflow-ops-process"
 DEPLOYMENT = "ops-process"
@@ -33,29 +32,11 @@ RETRY_DELAY = 8
 
 
 def _prefect(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "prefect", *args],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
+    return prefect_cli(*args, timeout=timeout)
 
 
 async def _clean_up() -> None:
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    async with get_client() as client:
-        with contextlib.suppress(ObjectNotFound):
-            deployment = await client.read_deployment_by_name(f"daily-trip-etl/{DEPLOYMENT}")
-            await client.delete_deployment(deployment.id)
-        with contextlib.suppress(ObjectNotFound):
-            await client.delete_work_pool(POOL)
+    await remove_deployment_and_pool(f"daily-trip-etl/{DEPLOYMENT}", POOL)
 
 
 @pytest.fixture
