@@ -37,7 +37,8 @@ class EmailHasher:
 
     The HMAC's inner and outer SHA-256 states are keyed once and copied per value (2.4x faster
     than ``hmac.digest``). Hashed values are remembered across batches, up to
-    ``EMAIL_MEMO_LIMIT`` of them, so memory stays bounded whatever the day's size.
+    ``EMAIL_MEMO_LIMIT`` of them, so memory stays bounded whatever the day's size. One hasher
+    serves one writer: it is not safe to call from two threads at once.
     """
 
     def __init__(self, key: bytes, memo_limit: int = EMAIL_MEMO_LIMIT) -> None:
