@@ -49,7 +49,7 @@ def daily_trip_etl(
 
     Args:
         run_date: The business day (a trip's pickup date in the source timezone); default yesterday.
-        source: synthetic, sample, or file:PATH (CSV or Parquet; PATH may be a glob).
+        source: synthetic, sample, file:PATH (CSV or Parquet; a glob), postgres, or kafka:TOPIC.
         source_format: How a file's columns map onto the trip contract: trips or nyc-tlc-yellow.
         rows: How many trips the synthetic source generates (default from configuration).
         staging: Where stages hand each other Parquet (default .tripflow/staging).
