@@ -22,21 +22,15 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from flows import render
 from flows.ops_cli import ops_app
 from flows.source_cli import source_app
+from flows.terminal import command_group, console
 from tasks.errors import TripflowError
 from tasks.metrics import add_listener, remove_listener
 
-app = typer.Typer(
-    help="tripflow: a day of trips from source to warehouse, published exactly once.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 110)
+app = command_group("tripflow: a day of trips from source to warehouse, published exactly once.")
 
 DateOpt = Annotated[
     datetime | None,

@@ -11,17 +11,13 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from flows import automations
+from flows.terminal import command_group, console
 
-ops_app = typer.Typer(
-    help="Prefect automations: failure alerts, the 26 h staleness alert, pod failures.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+ops_app = command_group(
+    "Prefect automations: failure alerts, the 26 h staleness alert, pod failures."
 )
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 110)
 
 
 @ops_app.callback()

@@ -15,17 +15,11 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from flows.terminal import command_group, console
 from tasks.errors import TripflowError, UsageError
 
-source_app = typer.Typer(
-    help="Source helpers: fill a PostgreSQL with trips for demos and benchmarks.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console(stderr=True)
+source_app = command_group("Source helpers: fill a PostgreSQL with trips for demos and benchmarks.")
 
 
 @source_app.command("seed-postgres")

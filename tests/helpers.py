@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,3 +59,24 @@ async def remove_deployment_and_pool(deployment: str, pool: str) -> None:
             await client.delete_deployment(found.id)
         with contextlib.suppress(ObjectNotFound):
             await client.delete_work_pool(pool)
+
+
+def run_sample_day(deployment: str, staging: Path, warehouse: Path, *extra: str) -> uuid.UUID:
+    """``prefect deployment run`` the seed sample's day (2025-11-15); the new flow run's id."""
+    done = prefect_cli(
+        "deployment",
+        "run",
+        deployment,
+        "--param",
+        "run_date=2025-11-15",
+        "--param",
+        "source=sample",
+        "--param",
+        f"staging={staging}",
+        "--param",
+        f"warehouse=duckdb:{warehouse}",
+        *extra,
+    )
+    found = re.search(r"UUID:\s*([0-9a-f-]{36})", done.stdout)
+    assert found, done.stdout
+    return uuid.UUID(found.group(1))

@@ -27,6 +27,25 @@ CANARY_AUTH_STRING = "admin:canary-auth-string-90ab"
 
 WORKER_VALUES = ROOT / "work_pools" / "worker-values.yaml"
 
+#: The job variables our template adds for the issue, each referenced in ``job_manifest``.
+MANIFEST_VARIABLES = frozenset(
+    {
+        "image",
+        "namespace",
+        "service_account_name",
+        "cpu_request",
+        "cpu_limit",
+        "memory_request",
+        "memory_limit",
+        "node_selector",
+        "tolerations",
+        "ttl_seconds_after_finished",
+        "backoff_limit",
+        "active_deadline_seconds",
+        "labels",
+    }
+)
+
 
 def worker_environment() -> dict[str, str]:
     """The worker pod's environment as work_pools/worker-values.yaml gives it (its API URL and

@@ -15,27 +15,16 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s.k8s_support import ROOT, automations_of, deployments_by_name, load_template
+from k8s.k8s_support import (
+    MANIFEST_VARIABLES,
+    ROOT,
+    automations_of,
+    deployments_by_name,
+    load_template,
+)
 
 #: job variables every deployment spells out in full (a YAML merge would be shallow).
-FULL_JOB_VARIABLES = {
-    "image",
-    "image_pull_policy",
-    "namespace",
-    "service_account_name",
-    "labels",
-    "env",
-    "cpu_request",
-    "cpu_limit",
-    "memory_request",
-    "memory_limit",
-    "node_selector",
-    "tolerations",
-    "ttl_seconds_after_finished",
-    "backoff_limit",
-    "active_deadline_seconds",
-    "pod_watch_timeout_seconds",
-}
+FULL_JOB_VARIABLES = MANIFEST_VARIABLES | {"image_pull_policy", "env", "pod_watch_timeout_seconds"}
 
 
 def _flow(entrypoint: str) -> Any:

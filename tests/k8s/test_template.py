@@ -12,7 +12,14 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from k8s.k8s_support import K8S_VERSIONS, ROOT, TEMPLATE, k8s_validate, load_template
+from k8s.k8s_support import (
+    K8S_VERSIONS,
+    MANIFEST_VARIABLES,
+    ROOT,
+    TEMPLATE,
+    k8s_validate,
+    load_template,
+)
 
 PLACEHOLDER = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
 
@@ -83,21 +90,7 @@ def test_every_variable_is_referenced_in_the_job_manifest() -> None:
     declared = set(template["variables"]["properties"])
     assert declared - worker_side - used == set(), "declared but not used in job_manifest"
     assert used <= declared | {"name", "command"}, "used but not declared"
-    for name in (
-        "image",
-        "namespace",
-        "service_account_name",
-        "cpu_request",
-        "cpu_limit",
-        "memory_request",
-        "memory_limit",
-        "node_selector",
-        "tolerations",
-        "ttl_seconds_after_finished",
-        "backoff_limit",
-        "active_deadline_seconds",
-        "labels",
-    ):
+    for name in sorted(MANIFEST_VARIABLES):
         assert name in used, name
     assert "pod_watch_timeout_seconds" in _placeholders(config["pod_watch_timeout_seconds"])
     assert template["variables"]["properties"]["backoff_limit"]["default"] == 0

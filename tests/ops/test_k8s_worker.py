@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from helpers import ROOT, prefect_cli, remove_deployment_and_pool
+from helpers import ROOT, prefect_cli, remove_deployment_and_pool, run_sample_day
 from ops.conftest import Receiver
 from ops.k8s_standin import KubernetesStandIn
 from ops.test_automations import _clean_up as _clean_up_automations
@@ -171,23 +170,10 @@ def cluster(prefect_server: str, tmp_path: Path) -> Iterator[Cluster]:
 
 
 def _run(tmp_path: Path, name: str, *extra: str) -> uuid.UUID:
-    done = _prefect(
-        "deployment",
-        "run",
-        f"daily-trip-etl/{DEPLOYMENT}",
-        "--param",
-        "run_date=2025-11-15",
-        "--param",
-        "source=sample",
-        "--param",
-        f"staging={tmp_path / name / 'staging'}",
-        "--param",
-        f"warehouse=duckdb:{tmp_path / name / 'warehouse.duckdb'}",
-        *extra,
+    folder = tmp_path / name
+    return run_sample_day(
+        f"daily-trip-etl/{DEPLOYMENT}", folder / "staging", folder / "warehouse.duckdb", *extra
     )
-    found = re.search(r"UUID:\s*([0-9a-f-]{36})", done.stdout)
-    assert found, done.stdout
-    return uuid.UUID(found.group(1))
 
 
 def test_worker_job_pod_flow_run_completed(cluster: Cluster) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from helpers import ROOT, prefect_cli, remove_deployment_and_pool
+from helpers import ROOT, prefect_cli, remove_deployment_and_pool, run_sample_day
 
 POOL = "tripflow-ops-process"
 DEPLOYMENT = "ops-process"
@@ -108,22 +107,7 @@ def test_deployment_run_by_a_process_worker_with_a_retried_stage(
     # (InfrastructureError, which the stage tasks retry) until the file is removed.
     warehouse_dir.write_text("blocked\n")
     warehouse = warehouse_dir / "warehouse.duckdb"
-    started = _prefect(
-        "deployment",
-        "run",
-        f"daily-trip-etl/{DEPLOYMENT}",
-        "--param",
-        "run_date=2025-11-15",
-        "--param",
-        "source=sample",
-        "--param",
-        f"staging={tmp_path / 'staging'}",
-        "--param",
-        f"warehouse=duckdb:{warehouse}",
-    )
-    found = re.search(r"UUID:\s*([0-9a-f-]{36})", started.stdout)
-    assert found, started.stdout
-    flow_run_id = uuid.UUID(found.group(1))
+    flow_run_id = run_sample_day(f"daily-trip-etl/{DEPLOYMENT}", tmp_path / "staging", warehouse)
 
     log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(

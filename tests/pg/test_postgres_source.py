@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -11,6 +9,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import psycopg
 import pytest
+from helpers import tripflow
 from pgserver import PASSWORD, ThrowawayPostgres
 
 from tasks.config import load_settings
@@ -336,28 +335,9 @@ def test_make_source_reads_the_dsn_from_the_environment_only(
 def test_seed_postgres_cli_fills_a_day_with_an_index(
     pg: ThrowawayPostgres, table: str, tmp_path: Path
 ) -> None:
-    exe = Path(sys.executable).parent / "tripflow"
-    env = {"TRIPFLOW_POSTGRES_DSN": pg.dsn(), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [
-            str(exe),
-            "source",
-            "seed-postgres",
-            "--date",
-            "2025-11-15",
-            "--rows",
-            "5000",
-            "--table",
-            table,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    env = {"TRIPFLOW_POSTGRES_DSN": pg.dsn()}
+    seed_args = ("source", "seed-postgres", "--date", "2025-11-15", "--table", table)
+    done = tripflow(*seed_args, "--rows", "5000", "--json", cwd=tmp_path, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert PASSWORD not in done.stdout + done.stderr
     out = pg.psql_local(
@@ -367,25 +347,7 @@ def test_seed_postgres_cli_fills_a_day_with_an_index(
     assert out.splitlines()[0] == "5000|t|t"
     assert "(pickup_ts)" in out
     # Seeding the same day again replaces it.
-    again = subprocess.run(
-        [
-            str(exe),
-            "source",
-            "seed-postgres",
-            "--date",
-            "2025-11-15",
-            "--rows",
-            "100",
-            "--table",
-            table,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    again = tripflow(*seed_args, "--rows", "100", cwd=tmp_path, env=env, timeout=120)
     assert again.returncode == 0, again.stderr
     assert pg.psql_local(f"SELECT count(*) FROM {table}").strip() == "100"
 
