@@ -6,6 +6,10 @@
 4. ``publish`` replaces the day in every published table and writes the ledger row, atomically.
 5. ``record_run`` writes a ledger row for a run that did not publish.
 6. ``recent_runs`` reads the ledger back (for ``tripflow report``).
+7. ``usage`` reports the bytes this object's queries processed and were billed for.
+
+``StagedFiles`` holds URIs: local paths, ``s3://`` or ``gs://``. A cloud warehouse reads them with
+its own bulk path (BigQuery load job, Redshift COPY, Snowflake COPY INTO), never row by row.
 """
 
 from __future__ import annotations
@@ -87,6 +91,20 @@ class LedgerRow:
     finished_at: str
 
 
+@dataclass
+class Usage:
+    """Bytes processed and billed by a warehouse's queries (None where it reports none)."""
+
+    bytes_processed: int | None = None
+    bytes_billed: int | None = None
+
+    def add(self, processed: int | None, billed: int | None) -> None:
+        if processed is not None:
+            self.bytes_processed = (self.bytes_processed or 0) + processed
+        if billed is not None:
+            self.bytes_billed = (self.bytes_billed or 0) + billed
+
+
 class Warehouse(Protocol):
     description: str
 
@@ -104,4 +122,8 @@ class Warehouse(Protocol):
 
     def recent_runs(self, limit: int) -> list[dict[str, Any]]:
         """The ledger's latest ``limit`` runs, newest first (stages and checks decoded)."""
+        ...
+
+    def usage(self) -> Usage:
+        """What this object's queries processed and were billed for so far."""
         ...

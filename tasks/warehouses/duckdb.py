@@ -34,6 +34,7 @@ from tasks.warehouses.base import (
     LedgerRow,
     LoadResult,
     StagedFiles,
+    Usage,
     identifier,
     staging_suffix,
 )
@@ -228,6 +229,7 @@ class DuckDBWarehouse:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.description = f"duckdb:{path}"
+        self._usage = Usage()
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -362,6 +364,10 @@ class DuckDBWarehouse:
             row = con.execute(PUBLISHED_ROWS, {"run_date": run_date}).fetchone()
         return int(row[0]) if row else 0
 
+    def usage(self) -> Usage:
+        """DuckDB bills nothing and reports no bytes processed."""
+        return self._usage
+
     def recent_runs(self, limit: int) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
@@ -398,3 +404,8 @@ def _lock(handle: Any, mode: int, path: Path) -> None:
                     f"{LOCK_TIMEOUT_SECONDS:.0f}s"
                 ) from None
             time.sleep(0.05)
+
+
+def from_block(block: Any) -> DuckDBWarehouse:
+    """The DuckDB file a ``TripWarehouse`` block names."""
+    return DuckDBWarehouse(block.path)
