@@ -211,9 +211,12 @@ MAX_FILES_PER_COPY: Final = 1000
 
 # --- Checks' figures ----------------------------------------------------------------------------
 
+#: Money sums are exact (NUMBER). The ``::NUMBER(18, 2)`` casts are no-ops on Snowflake (the column
+#: is NUMBER(18, 2)); they keep the fakesnow stand-in from summing through DOUBLE, which it does to
+#: an argument that is not already a cast.
 STAGING_FIGURES: Final = """
 SELECT count(*) AS rows,
-       coalesce(sum(fare_usd), 0) AS fare_usd_sum,
+       coalesce(sum(fare_usd::NUMBER(18, 2)), 0) AS fare_usd_sum,
        count(*) - count(DISTINCT trip_id) AS duplicate_trip_ids
 FROM {schema}.trips_{suffix}
 """
@@ -221,7 +224,8 @@ FROM {schema}.trips_{suffix}
 REGION_MISMATCHES: Final = """
 WITH trip_level AS (
     SELECT trip_date, region, count(*) AS trip_count,
-           round(sum(distance_km), 2) AS total_distance_km, sum(fare_usd) AS total_fare_usd
+           round(sum(distance_km), 2) AS total_distance_km,
+           sum(fare_usd::NUMBER(18, 2)) AS total_fare_usd
     FROM {schema}.trips_{suffix}
     GROUP BY trip_date, region
 )
