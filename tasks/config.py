@@ -32,6 +32,12 @@ class Settings:
     format: str = "trips"
     rows: int = 1_000_000
     staging: str = ".tripflow/staging"
+    #: Remote staging (``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX``): the name of a prefect-aws
+    #: ``AwsCredentials`` or prefect-gcp ``GcpCredentials`` block; empty = the ambient identity
+    #: (botocore's default chain: env, IRSA on EKS; Google's default credentials: Workload
+    #: Identity on GKE). The S3-compatible endpoint (MinIO, a VPC endpoint); empty = the cloud's.
+    staging_credentials_block: str = ""
+    staging_endpoint_url: str = ""
     warehouse: str = "duckdb:.tripflow/warehouse.duckdb"
     min_rows: int = 1
     quarantine_threshold: float = 0.05

@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 
 from tasks.checks import CheckResult, quarantine_share
-from tasks.contract import REASONS
+from tasks.contract import REASONS, REGION_DAILY_SCHEMA
 from tasks.cost import run_cost
 from tasks.errors import TripflowError
 from tasks.stages import ExtractOutput, RunContext, TransformOutput, code_version
@@ -43,9 +43,8 @@ class RunReport:
         if self.transformed is None:
             return
         self.bytes_staged = self.ctx.staging.sizes(self.ctx.run_date)
-        frame = pl.read_parquet(
-            f"{self.transformed.region_daily}/*.parquet", hive_partitioning=False
-        )
+        staged = self.ctx.staging.read("region_daily", self.ctx.run_date)
+        frame = staged.scan(REGION_DAILY_SCHEMA).collect()
         frame = frame.filter(pl.col("trip_date") == self.ctx.run_date).sort(
             "trip_count", "region", descending=[True, False]
         )

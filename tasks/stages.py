@@ -52,7 +52,7 @@ class RunContext:
 
     @property
     def staging(self) -> Staging:
-        return Staging(self.settings.staging)
+        return Staging.from_settings(self.settings)
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,7 @@ class DuckDBWarehouse:
             con.execute(CREATE_SCHEMAS)
             con.execute(CREATE_TABLES)
             con.execute(FAST_BULK_LOAD)
+            _read_remote_files(con, files)
             for table, field, columns in PUBLISHED_TABLES:
                 paths = list(getattr(files, field))
                 names = {"table": table, "suffix": suffix, "columns": columns}
@@ -382,6 +383,26 @@ class DuckDBWarehouse:
             row["stages"] = json.loads(row["stages"])
             row["checks"] = json.loads(row["checks"])
         return rows
+
+
+def _read_remote_files(con: duckdb.DuckDBPyConnection, files: StagedFiles) -> None:
+    """Let ``read_parquet`` read staged ``s3://``/``gs://`` URLs through the staging's own fsspec
+    filesystem and credentials (DuckDB's httpfs extension cannot be downloaded offline)."""
+    from tasks.storage import filesystem_for, is_remote
+
+    remote = [
+        path
+        for paths in (files.trips, files.quarantine, files.region_daily)
+        for path in paths
+        if is_remote(path)
+    ]
+    registered: set[str] = set()
+    for path in remote:
+        fs = filesystem_for(path)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if protocol not in registered:
+            con.register_filesystem(fs)
+            registered.add(protocol)
 
 
 def _ledger_params(ledger: LedgerRow) -> dict[str, Any]:

@@ -1,0 +1,142 @@
+"""``tripflow run`` end to end with staging on S3: moto's S3 server stands in for Amazon S3.
+
+Real ``tripflow`` subprocesses, the session's real Prefect server, the local DuckDB warehouse
+(bulk-loading the staged Parquet from the bucket through the staging's own s3fs filesystem).
+The stand-in (see ``s3stand``) checks no credentials: the block test proves the block is used
+because its endpoint is the only way to the stand-in, not because moto verified its keys.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from helpers import tripflow
+from s3stand import DUMMY_KEYS, S3
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+DAY = "2025-11-15"
+NO_AMBIENT_AWS = {
+    # No keys in the environment and no shared files: only a block can give credentials.
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    "AWS_CONFIG_FILE": "/nonexistent/config",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "TRIPFLOW_RETRY_DELAYS": "0,0",
+}
+
+
+def run_json(cwd: Path, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
+    proc = tripflow("run", "--source", "sample", "--date", DAY, *args, "--json", cwd=cwd, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    return proc.returncode, json.loads(lines[0]), proc.stdout + proc.stderr
+
+
+def published(workdir: Path) -> int:
+    path = workdir / ".tripflow" / "warehouse.duckdb"
+    if not path.exists():
+        return 0
+    with duckdb.connect(str(path), read_only=True) as con:
+        row = con.execute(
+            "SELECT count(*) FROM analytics.trips WHERE trip_date = $d", {"d": DAY}
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_run_stages_on_s3_and_publishes_once(
+    s3: S3, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in DUMMY_KEYS:  # the subprocess gets the keys from ``env`` below, not inherited
+        monkeypatch.delenv(name, raising=False)
+    s3.make_bucket("tripflow-e2e")
+    env = NO_AMBIENT_AWS | DUMMY_KEYS | {"TRIPFLOW_STAGING_ENDPOINT_URL": s3.endpoint}
+    code, out, logs = run_json(workdir, env, "--staging", "s3://tripflow-e2e/prefix")
+    assert code == 0, logs
+    assert out["status"] == "published" and out["staging"] == "s3://tripflow-e2e/prefix"
+    assert out["rows"] == {"extracted": 10, "quarantined": 0, "loaded": 10}
+    assert sum(r["trip_count"] for r in out["regions"]) == 10
+    assert published(workdir) == 10
+
+    keys = s3.keys("tripflow-e2e", "prefix/")
+    for stage in ("raw", "clean", "quarantine", "region_daily"):
+        folder = f"prefix/{stage}/date={DAY}/"
+        assert f"{folder}_manifest.json" in keys
+        parts = [k for k in keys if k.startswith(folder) and k.endswith(".parquet")]
+        assert len(parts) == 1 and parts[0].startswith(f"{folder}run=")
+    # What the report says was staged is what the bucket holds for the day.
+    ledger = _ledger(workdir)
+    assert ledger["bytes_staged"] == sum(v for k, v in keys.items() if f"date={DAY}/" in k)
+    assert not (workdir / ".tripflow" / "staging").exists()  # nothing staged locally
+    assert DUMMY_KEYS["AWS_SECRET_ACCESS_KEY"] not in logs
+
+    # A re-run replaces the day: one published copy, one run's parts per stage in the bucket.
+    code, out, logs = run_json(workdir, env, "--staging", "s3://tripflow-e2e/prefix")
+    assert code == 0 and out["status"] == "published", logs
+    assert published(workdir) == 10
+    keys = s3.keys("tripflow-e2e", "prefix/")
+    assert len([k for k in keys if k.endswith(".parquet")]) == 4
+
+
+def test_a_run_through_an_aws_credentials_block(
+    s3: S3, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    for name in DUMMY_KEYS:
+        monkeypatch.delenv(name, raising=False)
+    s3.make_bucket("tripflow-block")
+    name = f"staging-{uuid.uuid4().hex[:8]}"
+    AwsCredentials(
+        aws_access_key_id=DUMMY_KEYS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_KEYS["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=s3.endpoint),
+    ).save(name)
+    # No endpoint setting and no keys in the environment: only the block leads to the stand-in.
+    env = NO_AMBIENT_AWS | {"TRIPFLOW_STAGING_CREDENTIALS_BLOCK": name}
+    code, out, logs = run_json(workdir, env, "--staging", "s3://tripflow-block/p")
+    assert code == 0, logs
+    assert out["status"] == "published" and published(workdir) == 10
+    assert "p/clean/date=2025-11-15/_manifest.json" in s3.keys("tripflow-block", "p/")
+    assert DUMMY_KEYS["AWS_SECRET_ACCESS_KEY"] not in logs
+
+
+def test_a_refused_write_fails_the_run_and_publishes_nothing(
+    s3: S3, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in DUMMY_KEYS:
+        monkeypatch.delenv(name, raising=False)
+    env = NO_AMBIENT_AWS | DUMMY_KEYS | {"TRIPFLOW_STAGING_ENDPOINT_URL": s3.endpoint}
+    code, out, logs = run_json(workdir, env, "--staging", "s3://no-such-bucket/p")
+    assert code == 3, logs
+    assert out["status"] == "failed" and out["error"]["kind"] == "infrastructure"
+    assert "staging s3://no-such-bucket/p/raw/date=2025-11-15/" in out["error"]["message"]
+    assert DUMMY_KEYS["AWS_SECRET_ACCESS_KEY"] not in logs
+    assert _runs_of(out["flow_run_id"], "extract") == 3  # the stage's two retries, then failure
+    assert published(workdir) == 0
+
+
+def _ledger(workdir: Path) -> dict[str, Any]:
+    with duckdb.connect(str(workdir / ".tripflow" / "warehouse.duckdb"), read_only=True) as con:
+        row = con.execute(
+            "SELECT stages FROM analytics.runs ORDER BY finished_at DESC LIMIT 1"
+        ).fetchone()
+    assert row is not None
+    return dict(json.loads(row[0]))
+
+
+def _runs_of(flow_run_id: str, task_name: str) -> int:
+    """How many times the flow run ran the task, as the Prefect server recorded it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
+        )
+    return max(t.run_count for t in task_runs if t.task_key.startswith(task_name))
