@@ -46,7 +46,7 @@ def grants(
         typer.Option(
             "--staging-schema",
             help="Redshift/PostgreSQL: where the ETL writer creates staging tables (default: "
-            "--schema).",
+            "SCHEMA_staging, as the Redshift warehouse).",
         ),
     ] = None,
     principal: Annotated[

@@ -3,10 +3,12 @@
 ``DECLARATION`` says who may do what with the published tables (``trips``, ``trips_quarantine``,
 ``region_daily``) and the run ledger (``runs``):
 
-- ``tripflow_etl_writer`` creates its per-run staging tables, replaces a day in the published tables
-  (INSERT, DELETE) and writes the ledger. Of the published tables it may read only ``trip_date``
-  (what ``DELETE … WHERE trip_date = D`` and the published-rows count need): it writes PII it
-  cannot read back.
+- ``tripflow_etl_writer`` creates its per-run staging tables (in ``<schema>_staging`` on Redshift
+  and PostgreSQL, as ``tasks/warehouses/redshift.py`` does), replaces a day in the published tables
+  (INSERT, DELETE: no UPDATE, no DDL on them) and appends to the ledger (never rewrites it). It
+  reads the published tables whole: staging tables are created ``LIKE`` the published ones, which
+  needs table-level SELECT, and the writer is the component that hashes raw PII in the first place,
+  so reading the hashes back gives it nothing new.
 - ``tripflow_analyst`` reads every published table except the PII columns.
 - ``tripflow_analyst_us_east`` is the analyst limited by a row policy to region ``us-east``.
 - ``tripflow_dashboard`` reads ``region_daily`` and nothing else.
@@ -182,7 +184,6 @@ RUNS_COLUMNS: Final = (
 )
 
 PUBLISHED: Final = ("trips", "trips_quarantine", "region_daily")
-_DAY_ONLY: Final = ("trip_date",)
 _ANALYST_TABLES: Final = (
     TableGrant("trips", read="non_pii"),
     TableGrant("trips_quarantine", read="non_pii"),
@@ -201,9 +202,10 @@ DECLARATION: Final = Declaration(
     roles=(
         Role(
             "tripflow_etl_writer",
-            "Loads its per-run staging tables and publishes a day; reads no PII back.",
+            "Loads its per-run staging tables and publishes a day (no UPDATE, no DDL, append-only "
+            "ledger).",
             tables=(
-                *(TableGrant(t, read=_DAY_ONLY, write="replace") for t in PUBLISHED),
+                *(TableGrant(t, read="all", write="replace") for t in PUBLISHED),
                 TableGrant("runs", read="all", write="append"),
             ),
             creates_staging_tables=True,
@@ -749,7 +751,8 @@ def grants_sql(
     """The statements that apply ``declaration`` on ``target``, one per item, in order.
 
     ``schema`` is the dataset (BigQuery) or schema of the published tables; ``staging_schema``
-    (Redshift/PostgreSQL) where the ETL writer creates its per-run tables (default: ``schema``).
+    (Redshift/PostgreSQL) where the ETL writer creates its per-run tables (default:
+    ``<schema>_staging``, as the Redshift warehouse does).
     ``principals`` maps a declared role to its users (Redshift, PostgreSQL, Snowflake user names)
     or IAM members (BigQuery ``serviceAccount:…`` etc.).
     """
@@ -760,7 +763,7 @@ def grants_sql(
         return _redshift_like(
             declaration,
             schema=schema,
-            staging_schema=identifier(staging_schema or schema),
+            staging_schema=identifier(staging_schema or f"{schema}_staging"),
             principals=principals,
             dialect="redshift" if target == "redshift" else "postgres",
         )
@@ -844,7 +847,9 @@ def apply_postgres(dsn: str, statements: Sequence[str]) -> Applied:
         raise InfrastructureError(
             f"governance: cannot connect to PostgreSQL ({type(exc).__name__})"
         ) from None
-    with conn:
+    # The outer transaction makes the per-role blocks savepoints (alone, the first one would
+    # be a transaction of its own and commit).
+    with conn, conn.transaction():
         for statement in statements:
             try:
                 if statement.startswith("CREATE ROLE "):
