@@ -375,8 +375,11 @@ PG_GRANT_ROLE_TO_USER: Final = "GRANT {role} TO {user};"
 #: Redshift RLS: policies are database objects, attached to tables per role; a role without an
 #: attached policy sees no rows once the table's row-level security is on.
 RS_DROP_RLS_POLICY: Final = "DROP RLS POLICY IF EXISTS {policy} CASCADE;"
+#: The policy's column type is the published tables' ``region`` type in
+#: ``tasks/warehouses/redshift.py`` (a test holds them equal).
+RS_REGION_TYPE: Final = "VARCHAR(256)"
 RS_CREATE_RLS_POLICY: Final = (
-    "CREATE RLS POLICY {policy} WITH ({column} VARCHAR(64)) USING ({predicate});"
+    "CREATE RLS POLICY {policy} WITH ({column} " + RS_REGION_TYPE + ") USING ({predicate});"
 )
 RS_CREATE_ALL_ROWS_POLICY: Final = "CREATE RLS POLICY {policy} USING (TRUE);"
 RS_ATTACH_RLS_POLICY: Final = "ATTACH RLS POLICY {policy} ON {schema}.{table} TO {grantees};"

@@ -81,6 +81,12 @@ def test_declared_columns_are_the_warehouse_columns() -> None:
     assert set(PII) == {"rider_id", "rider_email_hash", "driver_id"}
 
 
+def test_redshift_rls_policy_column_has_the_published_tables_type() -> None:
+    for ddl in (redshift.TRIPS_COLUMNS, redshift.QUARANTINE_COLUMNS, redshift.REGION_DAILY_COLUMNS):
+        declared = re.search(r"^\s*region (\S+?)[\s,]", ddl, re.M)
+        assert declared and declared.group(1) == governance.RS_REGION_TYPE
+
+
 # --- On a real PostgreSQL ------------------------------------------------------------------------
 
 

@@ -45,7 +45,7 @@ GRANT USAGE ON SCHEMA analytics TO ROLE tripflow_dashboard;
 GRANT SELECT ON TABLE analytics.region_daily TO ROLE tripflow_dashboard;
 GRANT ROLE tripflow_dashboard TO dana;
 DROP RLS POLICY IF EXISTS trip_region_policy CASCADE;
-CREATE RLS POLICY trip_region_policy WITH (region VARCHAR(64)) USING (region IN ('us-east'));
+CREATE RLS POLICY trip_region_policy WITH (region VARCHAR(256)) USING (region IN ('us-east'));
 DROP RLS POLICY IF EXISTS tripflow_all_rows CASCADE;
 CREATE RLS POLICY tripflow_all_rows USING (TRUE);
 ATTACH RLS POLICY trip_region_policy ON analytics.trips TO ROLE tripflow_analyst_us_east;
