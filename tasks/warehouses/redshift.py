@@ -432,10 +432,12 @@ class DataApi:
             log.warning("%s", exc)
 
     def _call(self, operation: str, request: dict[str, Any], purpose: str) -> dict[str, Any]:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
         try:
             response: dict[str, Any] = getattr(self.client, operation)(**request)
+        except ParamValidationError as exc:  # e.g. a workgroup name the API cannot accept
+            raise UsageError(f"{self.description}: {purpose}: {exc}") from exc
         except ClientError as exc:
             error = exc.response.get("Error", {})
             raise InfrastructureError(
