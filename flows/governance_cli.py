@@ -5,7 +5,8 @@ on stdout, so they can be reviewed, diffed or piped to the warehouse's own clien
 what SQL cannot do on a target (BigQuery's project-level jobUser binding, authorizing views) go
 to stderr. ``--apply-postgres`` runs the PostgreSQL dialect of the Redshift statements in one
 transaction on the database named by ``TRIPFLOW_GOVERNANCE_DSN`` (never a flag: a DSN can hold a
-password, and flags end up in shell history and process lists).
+password, and flags end up in shell history and process lists) and prints what it ran.
+``tripflow governance roles`` shows the declaration itself.
 """
 
 from __future__ import annotations
@@ -100,10 +101,11 @@ def grants(
             dsn = os.environ.get(DSN_ENV)
             if not dsn:
                 raise UsageError(f"--apply-postgres needs {DSN_ENV} (a libpq DSN or URL)")
-            pg_statements = grants_sql(
+            # What runs is the PostgreSQL dialect, and that is what is printed.
+            statements = grants_sql(
                 "postgres", schema=schema, staging_schema=staging_schema, principals=principals
             )
-            applied = apply(dsn, pg_statements)
+            applied = apply(dsn, statements)
     except TripflowError as exc:
         console.print(f"[bold red]error:[/] {exc.message}")
         raise typer.Exit(exc.exit_code) from None
@@ -113,7 +115,7 @@ def grants(
     if applied is not None:
         kept = f" (existing roles kept: {', '.join(applied.existing_roles)})"
         console.print(
-            f"applied {applied.executed} statements on PostgreSQL in one transaction"
+            f"applied {applied.executed} statements (the PostgreSQL dialect) in one transaction"
             + (kept if applied.existing_roles else "")
         )
 

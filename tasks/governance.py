@@ -507,6 +507,7 @@ def _redshift_like(
 
 BQ_GRANT_DATASET: Final = "GRANT `{role}` ON SCHEMA `{project}.{dataset}` TO {members};"
 BQ_GRANT_TABLE: Final = "GRANT `{role}` ON TABLE `{project}.{dataset}.{table}` TO {members};"
+BQ_GRANT_VIEW: Final = "GRANT `{role}` ON VIEW `{project}.{dataset}.{table}` TO {members};"
 BQ_CREATE_VIEW_DATASET: Final = (
     "CREATE SCHEMA IF NOT EXISTS `{project}.{dataset}` OPTIONS (location = '{location}');"
 )
@@ -584,12 +585,14 @@ def _bigquery(
             columns = declaration.readable_columns(grant)
             if columns is None:
                 continue
-            dataset = (
-                view_dataset if grant.table in views and columns == views[grant.table] else schema
-            )
+            through_view = grant.table in views and columns == views[grant.table]
             sql.append(
-                BQ_GRANT_TABLE.format(
-                    role=BQ_VIEWER, project=project, dataset=dataset, table=grant.table, members=to
+                (BQ_GRANT_VIEW if through_view else BQ_GRANT_TABLE).format(
+                    role=BQ_VIEWER,
+                    project=project,
+                    dataset=view_dataset if through_view else schema,
+                    table=grant.table,
+                    members=to,
                 )
             )
     for t in _row_security(declaration):

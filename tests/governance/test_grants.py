@@ -244,7 +244,7 @@ def test_reapplying_through_the_cli_takes_back_a_grant_made_by_hand(
         args += ["--principal", f"{role}={user}"]
     result = CliRunner().invoke(governance_app, args, env={DSN_ENV: warehouse.owner_dsn})
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines() == grants_sql("redshift", principals=PRINCIPALS)
+    assert result.stdout.splitlines() == grants_sql("postgres", principals=PRINCIPALS)
     assert "existing roles kept: tripflow_etl_writer" in result.stderr
     assert USER_PASSWORD not in result.output and "s3cret" not in result.output
 
@@ -363,11 +363,11 @@ def test_bigquery_readers_get_views_without_pii_never_the_source_tables() -> Non
     for view in views:
         assert not any(re.search(rf"\b{c}\b", view) for c in PII)
     analyst_grants = [s for s in sql if s.startswith("GRANT") and "group:analysts" in s]
-    assert {s.split("ON TABLE ")[1].split(" TO")[0] for s in analyst_grants} == {
-        "`my-project.analytics_analyst.trips`",
-        "`my-project.analytics_analyst.trips_quarantine`",
-        "`my-project.analytics.region_daily`",
-        "`my-project.analytics.runs`",
+    assert {s.split(" ON ")[1].split(" TO")[0] for s in analyst_grants} == {
+        "VIEW `my-project.analytics_analyst.trips`",
+        "VIEW `my-project.analytics_analyst.trips_quarantine`",
+        "TABLE `my-project.analytics.region_daily`",
+        "TABLE `my-project.analytics.runs`",
     }
     dashboard = [s for s in sql if s.startswith("GRANT") and "looker@" in s]
     assert dashboard == [

@@ -2,12 +2,12 @@ CREATE SCHEMA IF NOT EXISTS `my-project.analytics_analyst` OPTIONS (location = '
 CREATE OR REPLACE VIEW `my-project.analytics_analyst.trips` AS SELECT trip_id, trip_date, pickup_ts, dropoff_ts, distance_km, fare_usd, region, payment_type, status, duration_min, fare_per_km, _run_id, _source_file, _source_row FROM `my-project.analytics.trips`;
 CREATE OR REPLACE VIEW `my-project.analytics_analyst.trips_quarantine` AS SELECT trip_id, trip_date, pickup_ts, dropoff_ts, distance_km, fare_usd, region, payment_type, status, _source_file, _source_row, _pickup_given, reasons, _run_id FROM `my-project.analytics.trips_quarantine`;
 GRANT `roles/bigquery.dataEditor` ON SCHEMA `my-project.analytics` TO "serviceAccount:tripflow-etl@my-project.iam.gserviceaccount.com";
-GRANT `roles/bigquery.dataViewer` ON TABLE `my-project.analytics_analyst.trips` TO "group:analysts@example.com";
-GRANT `roles/bigquery.dataViewer` ON TABLE `my-project.analytics_analyst.trips_quarantine` TO "group:analysts@example.com";
+GRANT `roles/bigquery.dataViewer` ON VIEW `my-project.analytics_analyst.trips` TO "group:analysts@example.com";
+GRANT `roles/bigquery.dataViewer` ON VIEW `my-project.analytics_analyst.trips_quarantine` TO "group:analysts@example.com";
 GRANT `roles/bigquery.dataViewer` ON TABLE `my-project.analytics.region_daily` TO "group:analysts@example.com";
 GRANT `roles/bigquery.dataViewer` ON TABLE `my-project.analytics.runs` TO "group:analysts@example.com";
-GRANT `roles/bigquery.dataViewer` ON TABLE `my-project.analytics_analyst.trips` TO "serviceAccount:analyst@my-project.iam.gserviceaccount.com";
-GRANT `roles/bigquery.dataViewer` ON TABLE `my-project.analytics_analyst.trips_quarantine` TO "serviceAccount:analyst@my-project.iam.gserviceaccount.com";
+GRANT `roles/bigquery.dataViewer` ON VIEW `my-project.analytics_analyst.trips` TO "serviceAccount:analyst@my-project.iam.gserviceaccount.com";
+GRANT `roles/bigquery.dataViewer` ON VIEW `my-project.analytics_analyst.trips_quarantine` TO "serviceAccount:analyst@my-project.iam.gserviceaccount.com";
 GRANT `roles/bigquery.dataViewer` ON TABLE `my-project.analytics.region_daily` TO "serviceAccount:analyst@my-project.iam.gserviceaccount.com";
 GRANT `roles/bigquery.dataViewer` ON TABLE `my-project.analytics.runs` TO "serviceAccount:analyst@my-project.iam.gserviceaccount.com";
 GRANT `roles/bigquery.dataViewer` ON TABLE `my-project.analytics.region_daily` TO "serviceAccount:looker@my-project.iam.gserviceaccount.com";
