@@ -24,8 +24,9 @@ server), ``bigquery`` and ``snowflake``. Every generator is pure (no connection)
 configuration is validated (identifiers by ``tasks.warehouses.base.identifier``, BigQuery members
 and projects by their own grammar, regions as plain slugs) and a bad one is a ``UsageError``.
 
-Each table's privileges are first revoked from every declared role and then granted again, so
-re-applying the SQL converges on the declaration (a privilege granted by hand is taken away).
+On Redshift, PostgreSQL and Snowflake each declared role's table and schema privileges are first
+revoked and then granted again, so re-applying converges on the declaration (a privilege granted by
+hand is taken away). BigQuery's GRANTs only add (a REVOKE there must name what was granted).
 """
 
 from __future__ import annotations
