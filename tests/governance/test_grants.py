@@ -97,6 +97,9 @@ def test_analyst_reads_trips_without_pii(warehouse: Warehouse, applied: governan
     regions = run_as(warehouse, "tripflow_analyst", f"SELECT DISTINCT region FROM {SCHEMA}.trips")
     assert {r[0] for r in regions} == {"us-east", "us-west", "eu-west"}
     assert run_as(warehouse, "tripflow_analyst", f"SELECT count(*) FROM {SCHEMA}.runs")[0][0] >= 1
+    non_pii = ", ".join(c for c in DECLARATION.columns("trips_quarantine") if c not in PII)
+    rows = run_as(warehouse, "tripflow_analyst", f"SELECT {non_pii} FROM {SCHEMA}.trips_quarantine")
+    assert len(rows) == warehouse.owner(f"SELECT count(*) FROM {SCHEMA}.trips_quarantine")[0][0]
 
 
 @pytest.mark.parametrize("table", ["trips", "trips_quarantine"])
@@ -114,14 +117,12 @@ def test_dashboard_reads_region_daily_and_nothing_else(
 ) -> None:
     rows = run_as(warehouse, "tripflow_dashboard", f"SELECT * FROM {SCHEMA}.region_daily")
     assert len(rows) == warehouse.owner(f"SELECT count(*) FROM {SCHEMA}.region_daily")[0][0] > 0
-    for table in ("trips", "trips_quarantine", "runs"):
-        refused(
-            warehouse,
-            "tripflow_dashboard",
-            f"SELECT trip_date FROM {SCHEMA}.{table}"
-            if table != "runs"
-            else f"SELECT run_id FROM {SCHEMA}.runs",
-        )
+    for sql in (
+        f"SELECT trip_date FROM {SCHEMA}.trips",
+        f"SELECT trip_date FROM {SCHEMA}.trips_quarantine",
+        f"SELECT run_id FROM {SCHEMA}.runs",
+    ):
+        refused(warehouse, "tripflow_dashboard", sql)
     refused(warehouse, "tripflow_dashboard", f"DELETE FROM {SCHEMA}.region_daily")
     refused(warehouse, "tripflow_dashboard", f"CREATE TABLE {STAGING}.x (a int)")
     refused(warehouse, "tripflow_dashboard", f"CREATE TABLE {SCHEMA}.x (a int)")
@@ -174,6 +175,9 @@ def test_etl_writer_publishes_a_day_with_the_redshift_warehouse_sql(
             VALUES (DATE '{day}', 'us-west', 12, 24.0, 150.00, 6.25)""".encode()
         )
         conn.commit()
+        # The staging tables hold the day's PII unmasked: no reader reaches them.
+        for role in ("tripflow_analyst", "tripflow_dashboard"):
+            refused(warehouse, role, f"SELECT trip_id FROM {STAGING}.trips_{suffix}")
         # Publish: one transaction, as the Redshift warehouse's batch.
         for table in ("trips", "trips_quarantine", "region_daily"):
             conn.execute(
