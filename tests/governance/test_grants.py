@@ -335,7 +335,7 @@ SNAPSHOT_CONFIG: dict[str, dict[str, object]] = {
 
 @pytest.mark.parametrize("target", sorted(SNAPSHOT_CONFIG))
 def test_generated_sql_matches_its_snapshot(target: str) -> None:
-    current = "\n".join(grants_sql(target, **SNAPSHOT_CONFIG[target])) + "\n"  # type: ignore[arg-type]
+    current = "\n".join(grants_sql(target, **SNAPSHOT_CONFIG[target])) + "\n"
     snapshot = SNAPSHOTS / f"{target}.sql"
     if UPDATE_SNAPSHOTS:
         snapshot.write_text(current)
@@ -349,7 +349,7 @@ def test_generated_sql_matches_its_snapshot(target: str) -> None:
 
 
 def test_snowflake_masks_every_pii_column_and_scopes_rows() -> None:
-    sql = grants_sql("snowflake", **SNAPSHOT_CONFIG["snowflake"])  # type: ignore[arg-type]
+    sql = grants_sql("snowflake", **SNAPSHOT_CONFIG["snowflake"])
     masked = {
         (m.group(1), m.group(2))
         for s in sql
@@ -365,7 +365,7 @@ def test_snowflake_masks_every_pii_column_and_scopes_rows() -> None:
 
 
 def test_bigquery_readers_get_views_without_pii_never_the_source_tables() -> None:
-    sql = grants_sql("bigquery", **SNAPSHOT_CONFIG["bigquery"])  # type: ignore[arg-type]
+    sql = grants_sql("bigquery", **SNAPSHOT_CONFIG["bigquery"])
     views = [s for s in sql if s.startswith("CREATE OR REPLACE VIEW")]
     assert len(views) == 2
     for view in views:
@@ -425,7 +425,7 @@ def test_injection_and_bad_configuration_are_usage_errors(
     target: str, kwargs: dict[str, object]
 ) -> None:
     with pytest.raises(UsageError):
-        grants_sql(target, **kwargs)  # type: ignore[arg-type]
+        grants_sql(target, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -449,3 +449,36 @@ def test_cli_refuses_an_injected_principal_with_exit_2() -> None:
     assert result.exit_code == 2
     assert "not a safe user name" in result.stderr
     assert result.stdout == ""
+
+
+def test_cli_prints_bigquery_sql_on_stdout_and_what_sql_cannot_do_on_stderr() -> None:
+    config = SNAPSHOT_CONFIG["bigquery"]
+    args = ["grants", "--target", "bigquery", "--project", "my-project"]
+    for role, members in config["principals"].items():
+        args += [arg for member in members for arg in ("--principal", f"{role}={member}")]
+    result = CliRunner().invoke(governance_app, args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == grants_sql("bigquery", **config)
+    assert "roles/bigquery.jobUser" in result.stderr
+    assert "authorize the views of analytics_analyst" in result.stderr
+
+
+def test_cli_roles_shows_the_declaration() -> None:
+    import json
+
+    result = CliRunner().invoke(governance_app, ["roles", "--json"])
+    assert result.exit_code == 0, result.stderr
+    described = json.loads(result.stdout)
+    roles = {r["name"]: r for r in described["roles"]}
+    assert list(roles["tripflow_dashboard"]["tables"]) == ["region_daily"]
+    analyst_trips = roles["tripflow_analyst"]["tables"]["trips"]["read"]
+    assert analyst_trips and not set(analyst_trips) & set(described["pii_columns"])
+    assert roles["tripflow_etl_writer"]["tables"]["runs"]["write"] == "append"
+    assert described["row_policies"] == [
+        {
+            "name": "trip_region_policy",
+            "role": "tripflow_analyst_us_east",
+            "regions": ["us-east"],
+            "tables": ["trips", "trips_quarantine", "region_daily"],
+        }
+    ]
