@@ -843,6 +843,7 @@ def apply_postgres(dsn: str, statements: Sequence[str]) -> Applied:
     """
     import psycopg
     from psycopg import errors as pg_errors
+    from psycopg.conninfo import conninfo_to_dict
 
     from tasks.errors import InfrastructureError
 
@@ -851,9 +852,15 @@ def apply_postgres(dsn: str, statements: Sequence[str]) -> Applied:
     try:
         conn = psycopg.connect(dsn, autocommit=False)
     except psycopg.Error as exc:
-        raise InfrastructureError(
-            f"governance: cannot connect to PostgreSQL ({type(exc).__name__})"
-        ) from None
+        # libpq names host, port and user, never the password; redact it anyway.
+        try:
+            password = conninfo_to_dict(dsn).get("password")
+        except psycopg.Error:
+            password = None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if password:
+            detail = detail.replace(str(password), "***")
+        raise InfrastructureError(f"governance: cannot connect to PostgreSQL: {detail}") from None
     # The outer transaction makes the per-role blocks savepoints (alone, the first one would
     # be a transaction of its own and commit).
     with conn, conn.transaction():

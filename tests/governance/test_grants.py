@@ -280,6 +280,7 @@ def test_unreachable_postgres_is_an_infrastructure_error_without_the_dsn() -> No
     dsn = "postgresql://someone:hunter2-secret@127.0.0.1:1/x?connect_timeout=2"
     with pytest.raises(InfrastructureError) as caught:
         apply_postgres(dsn, ["CREATE ROLE x;"])
+    assert "cannot connect to PostgreSQL" in caught.value.message
     assert "hunter2" not in caught.value.message
 
 
