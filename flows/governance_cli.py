@@ -16,6 +16,7 @@ import sys
 from typing import Annotated, Literal
 
 import typer
+from rich.markup import escape
 
 from flows.terminal import command_group, console
 from tasks.errors import TripflowError, UsageError
@@ -107,11 +108,12 @@ def grants(
             )
             applied = apply(dsn, statements)
     except TripflowError as exc:
-        console.print(f"[bold red]error:[/] {exc.message}")
+        # The message can quote configuration (a refused principal): never read as markup.
+        console.print(f"[bold red]error:[/] {escape(exc.message)}")
         raise typer.Exit(exc.exit_code) from None
     sys.stdout.write("".join(statement + "\n" for statement in statements))
     for note in notes(target, schema=schema, project=project, principals=principals):
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     if applied is not None:
         kept = f" (existing roles kept: {', '.join(applied.existing_roles)})"
         console.print(

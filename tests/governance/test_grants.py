@@ -442,13 +442,15 @@ def test_row_policy_regions_are_checked(regions: tuple[str, ...]) -> None:
             grants_sql(target, declaration, database="tripflow")
 
 
-def test_cli_refuses_an_injected_principal_with_exit_2() -> None:
+@pytest.mark.parametrize("principal", ["x;DROP TABLE t", "[bold]x[/]"])
+def test_cli_refuses_an_injected_principal_with_exit_2(principal: str) -> None:
     result = CliRunner().invoke(
         governance_app,
-        ["grants", "--target", "redshift", "--principal", "tripflow_analyst=x;DROP TABLE t"],
+        ["grants", "--target", "redshift", "--principal", f"tripflow_analyst={principal}"],
     )
     assert result.exit_code == 2
     assert "not a safe user name" in result.stderr
+    assert principal in result.stderr
     assert result.stdout == ""
 
 
