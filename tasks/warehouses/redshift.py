@@ -152,6 +152,15 @@ CREATE_RUNS: Final = (
     "DISTSTYLE ALL SORTKEY(run_date)"
 )
 
+#: Whether the tables and the staging schema exist already: then a run skips the DDL, which a
+#: writer without CREATE on the database or schema could not run (even IF NOT EXISTS is checked).
+TABLES_PRESENT: Final = """
+SELECT (SELECT count(*) FROM information_schema.tables
+        WHERE table_schema = :schema
+          AND table_name IN ('trips', 'trips_quarantine', 'region_daily', 'runs')),
+       (SELECT count(*) FROM information_schema.schemata WHERE schema_name = :staging)
+"""
+
 #: Server-side limit for every batch (milliseconds), beside the client's own poll deadline.
 SET_STATEMENT_TIMEOUT: Final = "SET statement_timeout TO {milliseconds}"
 
@@ -590,27 +599,40 @@ class RedshiftWarehouse:
             CREATE_RUNS.format(**names),
         ]
 
+    def _ddl_if_missing(self) -> list[str]:
+        """The DDL, unless the tables exist already (``ensure_tables`` ran, as their owner)."""
+        present = self.api.query(
+            TABLES_PRESENT,
+            {"schema": self.schema, "staging": self.staging},
+            purpose="find the tables",
+        )
+        tables, staging = (int(v) for v in present[0]) if present else (0, 0)
+        return [] if tables == 4 and staging == 1 else self._ddl()
+
     # -- the Warehouse interface --
     def ensure_tables(self) -> None:
         self.api.batch([self._timeout(), *self._ddl()], purpose="create tables")
 
     def load(self, run_date: date, run_id: str, files: StagedFiles) -> LoadResult:
         suffix = staging_suffix(run_date, run_id)
-        statements = [self._timeout(), *self._ddl()]
+        for uri in (*files.trips, *files.quarantine, *files.region_daily):
+            split_s3(uri)  # refuse local paths before anything is written or submitted
+        per_table: list[str] = []
         for table, field, _, options in PUBLISHED_TABLES:
             names = self._names(table=table, suffix=suffix)
-            statements += [DROP_STAGING.format(**names), CREATE_STAGING.format(**names)]
+            per_table += [DROP_STAGING.format(**names), CREATE_STAGING.format(**names)]
             uris = list(getattr(files, field))
             if not uris:
                 continue  # a day without quarantined rows: an empty staging table
             if self.manifests is None or self.iam_role is None:
                 raise UsageError("Redshift load: COPY needs an S3 client and iam_role_arn")
             manifest_url = self.manifests.write(suffix, table, uris)
-            statements.append(
+            per_table.append(
                 COPY_PARQUET.format(
                     **names, manifest_url=manifest_url, iam_role=self.iam_role, options=options
                 )
             )
+        statements = [self._timeout(), *self._ddl_if_missing(), *per_table]
         self.api.batch(statements, purpose=f"load {run_date} into {self.staging}.*_{suffix}")
         rows = self.api.query(
             LOADED_ROWS.format(**self._names(suffix=suffix)), purpose=f"count loaded {suffix}"
@@ -667,7 +689,7 @@ class RedshiftWarehouse:
 
     def record_run(self, ledger: LedgerRow) -> None:
         self.api.batch(
-            [self._timeout(), *self._ddl(), INSERT_LEDGER.format(**self._names())],
+            [self._timeout(), *self._ddl_if_missing(), INSERT_LEDGER.format(**self._names())],
             ledger_params(ledger),
             purpose=f"record run {ledger.run_id}",
         )

@@ -265,9 +265,11 @@ def new_run() -> str:
 def test_load_submits_copy_from_a_manifest_in_one_transaction(aws: MotoRedshift) -> None:
     s3 = aws.client("s3")
     files, clean = stage_day(s3, DAY, RUN, 9)
-    # Canned by the stand-in (moto runs no SQL): the three staging tables' counts.
+    # Canned by the stand-in (moto runs no SQL): no tables yet; the staging tables' counts.
     aws.results = lambda sql: (
-        [[long_value(9), long_value(2), long_value(3)]] if "count(*)" in sql else []
+        [[long_value(0), long_value(0)]]
+        if "information_schema" in sql
+        else [[long_value(9), long_value(2), long_value(3)]]
     )
     wh = warehouse_from_block(block(aws))
 
@@ -314,8 +316,8 @@ def test_load_submits_copy_from_a_manifest_in_one_transaction(aws: MotoRedshift)
     ]
     # moto's own backend recorded the batch and the count query, nothing row by row.
     recorded = [s.query_string for s in aws.statements()]
-    assert recorded[0] == "\n".join(sqls)
-    assert len(recorded) == 2 and "INSERT" not in "\n".join(recorded)
+    assert recorded[1] == "\n".join(sqls)
+    assert len(recorded) == 3 and "INSERT" not in "\n".join(recorded)
 
     # The COPY manifest lists exactly the staged files, mandatory, with their sizes.
     manifest = json.loads(
@@ -334,7 +336,7 @@ def test_load_submits_copy_from_a_manifest_in_one_transaction(aws: MotoRedshift)
     assert clean.height == 9
 
     # Every statement was polled until it finished (the stand-in finishes on the 2nd poll).
-    assert sorted(aws.polls.values()) == [2, 2]
+    assert sorted(aws.polls.values()) == [2, 2, 2]
 
 
 def test_publish_submits_delete_insert_ledger_and_drops_as_one_batch(aws: MotoRedshift) -> None:
@@ -452,6 +454,8 @@ def test_a_failed_statement_raises_with_the_server_error_and_purpose(aws: MotoRe
     files, _ = stage_day(s3, DAY, RUN, 4)
     error = "S3ServiceException:Access Denied,Status 403,Error AccessDenied (COPY trips)"
     aws.rule = lambda sql: Outcome("FAILED", error) if "COPY" in sql else Outcome()
+    # Canned by the stand-in: the tables exist.
+    aws.results = lambda sql: [[long_value(4), long_value(1)]]
     wh = warehouse_from_block(block(aws))
 
     with pytest.raises(InfrastructureError) as raised:
@@ -462,7 +466,10 @@ def test_a_failed_statement_raises_with_the_server_error_and_purpose(aws: MotoRe
     assert "FAILED" in message and "Access Denied" in message
     assert "workgroup tripflow-wg" in message
     assert SECRET_ACCESS_KEY not in message and ROLE not in message
-    assert aws.sqls("execute_statement") == []  # nothing counted after the failed load
+    (batch,) = aws.sqls("batch_execute_statement")
+    assert not any("CREATE SCHEMA" in sql for sql in batch)  # the tables exist: no DDL
+    # Nothing counted after the failed load: the only query is the tables' lookup before it.
+    assert len(aws.sqls("execute_statement")) == 1
 
 
 def test_a_statement_past_the_timeout_is_cancelled(aws: MotoRedshift) -> None:
@@ -526,11 +533,19 @@ def staging_tables(pg: ThrowawayPostgres, wh: RedshiftWarehouse) -> list[str]:
 
 
 def test_tables_follow_the_staged_parquet_column_order(
-    pg: ThrowawayPostgres, pg_wh: RedshiftWarehouse
+    pg: ThrowawayPostgres, pg_wh: RedshiftWarehouse, aws: MotoRedshift
 ) -> None:
     """COPY from Parquet is positional: the tables' columns are the staged files' columns."""
     pg_wh.ensure_tables()
     pg_wh.ensure_tables()  # idempotent
+    files, _ = stage_day(aws.client("s3"), DAY, RUN, 3)
+    api: PostgresDataApi = pg_wh.api  # type: ignore[assignment]
+    api.submitted.clear()
+    pg_wh.load(DAY, RUN, files)
+    pg_wh.record_run(ledger(RUN, status="failed"))
+    # Once the tables exist a run carries no DDL but its staging tables' (a writer need not own
+    # the schema: see docs/governance.md).
+    assert [sql for sql in api.submitted if "IF NOT EXISTS" in sql] == []
 
     assert columns(pg, pg_wh.schema, "trips") == list(CLEAN_SCHEMA)
     assert columns(pg, pg_wh.schema, "trips_quarantine") == list(QUARANTINE_SCHEMA)
