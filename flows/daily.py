@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.dispatch import run_stages_as_deployments
 from tasks import steps
 from tasks.config import Settings, load_settings
 from tasks.errors import ChecksFailed
@@ -44,6 +45,8 @@ def daily_trip_etl(
     staging: str | None = None,
     warehouse: str | None = None,
     min_rows: int | None = None,
+    stage_deployments: bool = False,
+    landed_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Run the daily trips pipeline for one business day.
 
@@ -55,13 +58,17 @@ def daily_trip_etl(
         staging: Where stages hand each other Parquet (default .tripflow/staging).
         warehouse: The warehouse, e.g. duckdb:.tripflow/warehouse.duckdb.
         min_rows: The fewest loaded rows that pass the min_rows check.
+        stage_deployments: Run each stage as its own deployment run (its own pod on the
+            Kubernetes pool) instead of in this process.
+        landed_run_id: The raw day was already staged by ``tripflow land`` (its run id, from the
+            ``tripflow.raw.landed`` event): start from it instead of extracting again.
     """
     settings = load_settings(
         {
             "source": source,
             "format": source_format,
             "rows": rows,
-            "staging": staging,
+            "staging": staging or None,  # an event's empty field means "not given"
             "warehouse": warehouse,
             "min_rows": min_rows,
         }
@@ -71,7 +78,13 @@ def daily_trip_etl(
     report = RunReport(ctx, flow_run_id=flow_run.id)
     try:
         with day_lock(settings.staging, day):
-            _run_stages(ctx, report)
+            if stage_deployments:
+                run_stages_as_deployments(
+                    ctx, report, {"source": source, "source_format": source_format}
+                )
+            else:
+                _run_stages(ctx, report, landed_run_id or None)  # "" from an event: none
+            _publish(ctx, report)
     except BaseException as exc:
         if hasattr(exc, "tripflow_stage"):
             report.add_stage(exc.tripflow_stage)
@@ -84,9 +97,10 @@ def daily_trip_etl(
     return report.as_dict()
 
 
-def _run_stages(ctx: RunContext, report: RunReport) -> None:
-    """extract, transform, load, validate, publish: each a Prefect task; raises on failure."""
-    report.extracted, measure = steps.extract(ctx)
+def _run_stages(ctx: RunContext, report: RunReport, landed_run_id: str | None) -> None:
+    """extract (unless it landed), transform, load, validate: each a Prefect task."""
+    landed = steps.landed_extract(ctx, landed_run_id) if landed_run_id else None
+    report.extracted, measure = landed or steps.extract(ctx)
     report.add_stage(measure)
     report.transformed, measure = steps.transform(ctx)
     report.add_stage(measure)
@@ -97,9 +111,14 @@ def _run_stages(ctx: RunContext, report: RunReport) -> None:
         ctx, report.rows["extracted"], report.rows["quarantined"], report.loaded
     )
     report.add_stage(measure)
+
+
+def _publish(ctx: RunContext, report: RunReport) -> None:
+    """Publish the day if every check passed; raises ``ChecksFailed`` otherwise."""
     failed = [c.name for c in report.checks if not c.passed]
     if failed:
         raise ChecksFailed(failed)
+    assert report.loaded is not None
     report.status = "published"
     report.published_rows, measure = steps.publish(ctx, report.loaded, report.ledger("published"))
     report.add_stage(measure)

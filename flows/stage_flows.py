@@ -1,13 +1,17 @@
 """One flow per stage, so each stage can run as its own deployment in its own, right-sized pod.
 
-Each flow calls the matching plain function in ``tasks.stages`` with a ``RunContext``. Stages hand
-each other paths in staging, never frames, so ``staging`` must be a store every pod can reach
-(the pod's local disk only works when all stages share one pod). ``run_id`` names the pipeline
-run the stages belong to: load, validate (and publish) must agree on it.
+Each flow calls the matching plain function in ``tasks.stages`` with a ``RunContext``, measures
+its time and peak memory, and hands its output to the next stage through staging as a run record
+(``<staging>/_runs/<run_id>/<stage>.json``; a failure as ``<stage>-error.json``). Stages hand each
+other paths in staging, never frames, so ``staging`` must be a store every pod can reach (S3 or
+GCS; a local folder only when the stages share one machine). ``run_id`` names the pipeline run the
+stages belong to. ``flows/dispatch.py`` runs these deployments in order for ``daily-trip-etl``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date
 from typing import Any
@@ -16,13 +20,34 @@ from prefect import flow
 
 from tasks import stages
 from tasks.config import load_settings
-from tasks.errors import ChecksFailed
+from tasks.errors import ChecksFailed, TripflowError
+from tasks.metrics import measure
 from tasks.stages import RunContext
 from tasks.warehouses import LoadResult
 
 
 def _context(run_date: date, run_id: str, **overrides: Any) -> RunContext:
     return RunContext.create(run_id, run_date, load_settings(overrides))
+
+
+@contextmanager
+def _recorded(ctx: RunContext, stage: str) -> Iterator[dict[str, Any]]:
+    """Measure the stage; record its output (or its failure) in staging for the next stage."""
+    record: dict[str, Any] = {}
+    try:
+        with measure(stage) as m:
+            yield record
+    except TripflowError as exc:
+        failure = {**exc.as_dict(), "failed": getattr(exc, "failed", None)}
+        ctx.staging.put_record(ctx.run_id, f"{stage}-error", failure)
+        raise
+    ctx.staging.put_record(ctx.run_id, stage, {**record, "measure": m.as_dict()})
+
+
+def _stage(ctx: RunContext, stage: str, work: Callable[[], Any]) -> dict[str, Any]:
+    with _recorded(ctx, stage) as record:
+        record["output"] = asdict(work())
+    return dict(record["output"])
 
 
 @flow(name="tripflow-extract")
@@ -38,7 +63,7 @@ def extract_stage(
     ctx = _context(
         run_date, run_id, source=source, format=source_format, rows=rows, staging=staging
     )
-    return asdict(stages.extract(ctx))
+    return _stage(ctx, "extract", lambda: stages.extract(ctx))
 
 
 @flow(name="tripflow-transform")
@@ -51,7 +76,7 @@ def transform_stage(
 ) -> dict[str, Any]:
     """``raw/`` to ``clean/``, ``quarantine/`` and ``region_daily/``."""
     ctx = _context(run_date, run_id, source=source, format=source_format, staging=staging)
-    return asdict(stages.transform(ctx))
+    return _stage(ctx, "transform", lambda: stages.transform(ctx))
 
 
 @flow(name="tripflow-load")
@@ -60,7 +85,7 @@ def load_stage(
 ) -> dict[str, Any]:
     """Bulk-load the staged day into this run's own warehouse staging tables."""
     ctx = _context(run_date, run_id, staging=staging, warehouse=warehouse)
-    return asdict(stages.load(ctx))
+    return _stage(ctx, "load", lambda: stages.load(ctx))
 
 
 @flow(name="tripflow-validate")
@@ -76,8 +101,12 @@ def validate_stage(
 ) -> list[dict[str, Any]]:
     """Run the checks on this run's staging tables; fail if any check fails."""
     ctx = _context(run_date, run_id, staging=staging, warehouse=warehouse, min_rows=min_rows)
-    checks = stages.validate(ctx, extracted, quarantined, LoadResult(**loaded))
+    with _recorded(ctx, "validate") as record:
+        checks = stages.validate(ctx, extracted, quarantined, LoadResult(**loaded))
+        record["output"] = [c.as_dict() for c in checks]
     failed = [c.name for c in checks if not c.passed]
     if failed:
-        raise ChecksFailed(failed)
-    return [c.as_dict() for c in checks]
+        error = ChecksFailed(failed)
+        ctx.staging.put_record(run_id, "validate-error", {**error.as_dict(), "failed": failed})
+        raise error
+    return list(record["output"])

@@ -111,3 +111,20 @@ class ChecksFailed(TripflowError):
 def _short(value: Any, limit: int = 80) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_from_dict(data: dict[str, Any]) -> TripflowError:
+    """Rebuild a failure a stage recorded (``as_dict``) in another process, keeping its kind."""
+    kind = data.get("kind")
+    message = str(data.get("message") or "stage failed")
+    if kind == "schema":
+        error = SchemaError(message)
+        error.message = message  # already formatted with its file, column and row
+        error.file, error.column, error.row = data.get("file"), data.get("column"), data.get("row")
+        error.value = data.get("value")
+        return error
+    if kind == "usage":
+        return UsageError(message)
+    if kind == "checks":
+        return ChecksFailed(list(data.get("failed") or []))
+    return InfrastructureError(message)

@@ -4,6 +4,8 @@ A real SIGKILL at a chosen place inside a stage (mid-write, or inside the publis
 right before its COMMIT) is how ``tests/test_faults.py`` proves that a killed run leaves the
 warehouse with the previous version of the day or the new one, never a mix, and that the re-run
 publishes it once.
+With ``TRIPFLOW_KILL_ONCE=<file>`` as well, only the first process to reach the point dies (it
+creates the file first): a retried or re-dispatched stage then gets through.
 Unset (always, outside those tests), a kill point does nothing.
 """
 
@@ -14,10 +16,18 @@ import signal
 from typing import Final
 
 KILL_ENV: Final = "TRIPFLOW_KILL_AT"
+ONCE_ENV: Final = "TRIPFLOW_KILL_ONCE"
 POINTS: Final = ("extract", "transform", "load", "validate", "publish")
 
 
 def kill_point(point: str) -> None:
     """Die here, at once and without cleanup, when ``TRIPFLOW_KILL_AT`` names this point."""
-    if os.environ.get(KILL_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(KILL_ENV) != point:
+        return
+    once = os.environ.get(ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
