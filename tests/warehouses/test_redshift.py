@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -48,8 +49,13 @@ from warehouses.redshift_support import (
     to_postgres,
 )
 
+from tasks.checks import run_checks
+from tasks.config import load_settings
 from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, REGION_DAILY_SCHEMA
 from tasks.errors import InfrastructureError, UsageError
+from tasks.history import run_rows
+from tasks.report import RunReport
+from tasks.stages import RunContext, extract, transform
 from tasks.staging import PARQUET_WRITE
 from tasks.transforms import region_daily
 from tasks.warehouses import warehouse_from_block
@@ -792,3 +798,57 @@ def test_the_postgres_translation_is_only_the_listed_one() -> None:
     assert to_postgres("SELECT 1 WHERE d = CAST(:run_date AS DATE)") == (
         "SELECT 1 WHERE d = CAST(%(run_date)s AS DATE)"
     )
+
+
+def test_a_day_staged_by_the_pipeline_publishes_through_the_checks(
+    tmp_path: Path, pg: ThrowawayPostgres, pg_wh: RedshiftWarehouse, aws: MotoRedshift
+) -> None:
+    """The pipeline's own extract and transform stage the day (Parquet as production writes it);
+    its files are copied to the S3 stand-in in the staging layout; then load, figures, the real
+    checks, publish and the report's reading of the ledger."""
+    settings = load_settings(
+        {
+            "source": "synthetic",
+            "rows": 3000,
+            "staging": str(tmp_path / "staging"),
+            "pii_key_file": str(tmp_path / "pii.key"),
+        },
+        environ={},
+    )
+    ctx = RunContext.create(RUN, DAY, settings)
+    report = RunReport(ctx)
+    report.extracted = extract(ctx)
+    report.transformed = transform(ctx)
+    staged = {s: ctx.staging.read(s, DAY) for s in ("clean", "quarantine", "region_daily")}
+    s3 = aws.client("s3")
+    uris: dict[str, list[str]] = {}
+    for stage, dataset in staged.items():
+        uris[stage] = []
+        for name in dataset.files:
+            key = f"pipeline/{stage}/date={DAY}/{Path(name).name}"
+            s3.upload_file(name, BUCKET, key)
+            uris[stage].append(f"s3://{BUCKET}/{key}")
+    assert staged["quarantine"].rows > 0  # the synthetic day has quarantined rows (SUPER path)
+
+    report.loaded = pg_wh.load(
+        DAY, RUN, StagedFiles(uris["clean"], uris["quarantine"], uris["region_daily"])
+    )
+    figures = pg_wh.figures(DAY, report.loaded)
+    report.checks = run_checks(
+        figures,
+        min_rows=1,
+        extracted=report.rows["extracted"],
+        quarantined=report.rows["quarantined"],
+        threshold=settings.quarantine_threshold,
+        staged_rows=staged["clean"].rows,
+        staged_fare_usd_sum=Decimal(staged["clean"].manifest["checksums"]["fare_usd_sum"]),
+    )
+    assert [(c.name, c.passed) for c in report.checks if not c.passed] == []
+    pg_wh.publish(DAY, report.loaded, report.ledger("published"))
+
+    assert report.loaded.rows == staged["clean"].rows
+    assert report.loaded.quarantine_rows == staged["quarantine"].rows
+    assert pg_wh.published_rows(DAY) == staged["clean"].rows
+    (row,) = run_rows(pg_wh.recent_runs(5), settings)  # what `tripflow report` shows
+    assert row["run_id"] == RUN and row["status"] == "published"
+    assert row["rows"] == staged["clean"].rows and row["failed_checks"] == []
