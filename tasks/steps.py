@@ -19,7 +19,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from tasks import stages
+from tasks import landing, stages
 from tasks.chart import history_svg
 from tasks.checks import CheckResult
 from tasks.config import Settings, retry_delays
@@ -57,6 +57,16 @@ def extract(ctx: RunContext) -> tuple[ExtractOutput, dict[str, Any]]:
     with measure("extract") as m:
         out = stages.extract(ctx)
     return out, m.as_dict()
+
+
+@task(name="extract-landed", timeout_seconds=600, **STAGE_TASK)
+def landed_extract(
+    ctx: RunContext, landed_run_id: str
+) -> tuple[ExtractOutput, dict[str, Any]] | None:
+    """The raw day ``tripflow land`` staged (None if it was replaced since: extract again)."""
+    with measure("extract") as m:
+        out = landing.landed_extract(ctx, landed_run_id)
+    return None if out is None else (out, m.as_dict())
 
 
 @task(name="transform", timeout_seconds=3 * 3600, **STAGE_TASK)
