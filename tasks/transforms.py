@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from typing import Final
 
 import polars as pl
@@ -257,4 +257,39 @@ def quality_warnings(clean: pl.LazyFrame) -> pl.LazyFrame:
     return clean.select(
         long_trips=(pl.col("distance_km") > WARN_DISTANCE_KM).sum(),
         expensive_trips=(pl.col("fare_usd").cast(pl.Float64) > WARN_FARE_USD).sum(),
+    )
+
+
+def region_window(region_days: pl.LazyFrame, end: date, days: int) -> pl.LazyFrame:
+    """Per region, the ``days`` days ending at ``end`` (inclusive): days covered, trips, distance,
+    fare and fare per km (total fare / total distance), from published ``region_daily`` rows."""
+    start = end - timedelta(days=days - 1)
+    return (
+        region_days.filter(pl.col("trip_date").is_between(start, end))
+        .group_by("region")
+        .agg(
+            days_covered=pl.col("trip_date").n_unique().cast(pl.Int64),
+            trip_count=pl.col("trip_count").sum(),
+            _distance=pl.col("total_distance_km").sum(),
+            total_fare_usd=pl.col("total_fare_usd").sum(),
+        )
+        .with_columns(
+            window_start=pl.lit(start),
+            window_end=pl.lit(end),
+            total_distance_km=pl.col("_distance").round(2),
+            avg_fare_per_km=pl.when(pl.col("_distance") > 0)
+            .then(pl.col("total_fare_usd").cast(pl.Float64) / pl.col("_distance"))
+            .round(2),
+        )
+        .select(
+            "window_start",
+            "window_end",
+            "region",
+            "days_covered",
+            "trip_count",
+            "total_distance_km",
+            "total_fare_usd",
+            "avg_fare_per_km",
+        )
+        .sort("trip_count", "region", descending=[True, False])
     )

@@ -53,6 +53,7 @@ def test_entry_points_are_real_flows_with_the_expected_names() -> None:
         "transform": ("flows/stage_flows.py:transform_stage", "tripflow-transform"),
         "load": ("flows/stage_flows.py:load_stage", "tripflow-load"),
         "validate": ("flows/stage_flows.py:validate_stage", "tripflow-validate"),
+        "region-30d": ("flows/downstream.py:downstream_refresh", "downstream-refresh"),
     }
     deployments = deployments_by_name()
     assert set(deployments) == set(names)
@@ -84,7 +85,8 @@ def test_parameters_and_job_variables_are_valid(name: str) -> None:
 def test_daily_deployment_schedule_retries_and_limits() -> None:
     daily = deployments_by_name()["daily-trip-etl"]
     assert daily["schedules"] == [{"cron": "0 6 * * *", "timezone": "UTC", "active": True}]
-    assert daily["parameters"] == {}  # run_date defaults to yesterday in the flow
+    # run_date defaults to yesterday in the flow; each stage runs as its own deployment's run.
+    assert daily["parameters"] == {"stage_deployments": True}
     assert inspect.signature(_flow(daily["entrypoint"]).fn).parameters["run_date"].default is None
     assert {"tripflow", "production"} <= set(daily["tags"])
     env = daily["work_pool"]["job_variables"]["env"]
@@ -176,16 +178,47 @@ def test_raw_landed_trigger_runs_the_landed_day() -> None:
         "run_date": "2025-11-15",
         "source": "file:/data/landing/2025-11-15/*.parquet",
         "source_format": "nyc-tlc-yellow",
+        "staging": "",  # not given by this emitter: the flow's configured staging
+        "landed_run_id": "",  # not landed by `tripflow land`: the flow extracts
     }
     _validate_parameters(_flow(daily["entrypoint"]), params, partial=True)
 
+    # The event `tripflow land` emits: the run starts from the landed raw day.
+    event = _event(
+        "tripflow.raw.landed",
+        {"prefect.resource.id": "tripflow.source.file", "prefect.resource.name": "file"},
+        {
+            "run_date": "2025-11-15",
+            "source": "file:/landing/trips.csv",
+            "format": "trips",
+            "staging": "s3://tripflow-staging/trips",
+            "landed_run_id": "land-1234",
+            "rows": 10,
+            "files": 1,
+            "bytes": 2048,
+        },
+    )
+    params = {
+        k: render_user_template_sync(v, {"event": event}) for k, v in action["parameters"].items()
+    }
+    assert params["staging"] == "s3://tripflow-staging/trips"
+    assert params["landed_run_id"] == "land-1234"
+    _validate_parameters(_flow(daily["entrypoint"]), params, partial=True)
 
-def test_downstream_refresh_trigger_fires_on_daily_completion() -> None:
+
+@pytest.mark.parametrize("where", ["prefect.yaml", "trigger file"])
+def test_downstream_refresh_trigger_fires_on_daily_completion(where: str) -> None:
     from prefect.cli.deploy._triggers import _gather_deployment_trigger_definitions
 
     path = ROOT / "deployments" / "downstream-refresh.trigger.yaml"
-    specs = _gather_deployment_trigger_definitions([str(path)], [])
-    [automation] = automations_of({"name": "downstream-refresh", "triggers": specs})
+    if where == "prefect.yaml":
+        [automation] = automations_of(deployments_by_name()["region-30d"])
+        assert automation["actions"][0]["parameters"] == {
+            "triggered_by": "{{ event.resource.name }}"
+        }
+    else:
+        specs = _gather_deployment_trigger_definitions([str(path)], [])
+        [automation] = automations_of({"name": "downstream-refresh", "triggers": specs})
     trigger = automation["trigger"]
     assert trigger["expect"] == ["prefect.flow-run.Completed"]
     assert trigger["match"] == {"prefect.resource.id": "prefect.flow-run.*"}

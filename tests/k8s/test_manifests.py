@@ -37,12 +37,14 @@ SPOT_TOLERATION = {"key": "analytics", "operator": "Equal", "value": "true", "ef
 
 #: deployment -> (cpu request, memory request, on the spot pool, activeDeadlineSeconds)
 EXPECTED: dict[str, tuple[str, str, bool, int]] = {
-    "daily-trip-etl": ("2", "8Gi", False, 10800),
+    # Orchestrates the stage deployments' pods and publishes: small, but alive the longest.
+    "daily-trip-etl": ("250m", "512Mi", False, 14400),
     "extract": ("500m", "1Gi", False, 3600),
     "transform": ("2", "8Gi", True, 7200),
     "load": ("500m", "512Mi", False, 3600),
     "validate": ("200m", "256Mi", False, 1800),
     "backfill": ("4", "16Gi", True, 86400),
+    "region-30d": ("250m", "512Mi", False, 1800),
 }
 
 _SUFFIX = {"m": Decimal("0.001"), "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
