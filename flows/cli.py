@@ -24,6 +24,8 @@ from typing import Annotated, Any
 import typer
 
 from flows import render
+from flows.governance_cli import governance_app
+from flows.land_cli import land
 from flows.ops_cli import ops_app
 from flows.source_cli import source_app
 from flows.terminal import command_group, console
@@ -252,8 +254,10 @@ def report(
         render.history(console, rows, chart, recs if recommend else None)
 
 
+app.command()(land)
 app.add_typer(source_app, name="source")
 app.add_typer(ops_app, name="automations")
+app.add_typer(governance_app, name="governance")
 
 if __name__ == "__main__":
     app()
