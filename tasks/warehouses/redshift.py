@@ -232,6 +232,15 @@ FAILED_RUNS: Final = """
 SELECT run_id FROM {schema}.runs
 WHERE run_date = CAST(:run_date AS DATE) AND status = 'failed'
 """
+#: Rows of other days in the run's tables: publishing them would escape the day's DELETE.
+OTHER_DAYS: Final = """
+SELECT (SELECT count(*) FROM {staging}.trips_{suffix}
+        WHERE trip_date <> CAST(:run_date AS DATE)),
+       (SELECT count(*) FROM {staging}.trips_quarantine_{suffix}
+        WHERE trip_date <> CAST(:run_date AS DATE)),
+       (SELECT count(*) FROM {staging}.region_daily_{suffix}
+        WHERE trip_date <> CAST(:run_date AS DATE))
+"""
 DELETE_DAY: Final = "DELETE FROM {schema}.{table} WHERE trip_date = CAST(:run_date AS DATE)"
 INSERT_DAY: Final = "INSERT INTO {schema}.{table} SELECT * FROM {staging}.{table}_{suffix}"
 
@@ -679,9 +688,19 @@ class RedshiftWarehouse:
         return statements
 
     def publish(self, run_date: date, load: LoadResult, ledger: LedgerRow) -> None:
+        suffix = identifier("t_" + load.suffix)[2:]
+        day = {"run_date": run_date.isoformat()}
+        other = self.api.query(
+            OTHER_DAYS.format(**self._names(suffix=suffix)), day, purpose="rows of other days"
+        )
+        if other and any(int(n) for n in other[0]):
+            raise InfrastructureError(
+                f"{self.description}: publish {run_date}: {self.staging}.*_{suffix} hold rows of "
+                "other days; nothing published"
+            )
         failed = self.api.query(
             FAILED_RUNS.format(**self._names()),
-            {"run_date": run_date.isoformat()},
+            day,
             purpose=f"failed runs of {run_date}",
         )
         statements = self.publish_statements(run_date, load, [str(r[0]) for r in failed])

@@ -347,13 +347,18 @@ def test_load_submits_copy_from_a_manifest_in_one_transaction(aws: MotoRedshift)
 
 def test_publish_submits_delete_insert_ledger_and_drops_as_one_batch(aws: MotoRedshift) -> None:
     failed_run = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
-    # Canned by the stand-in: the ledger has one failed run of the day.
-    aws.results = lambda sql: [[string_value(failed_run)]] if "'failed'" in sql else []
+    # Canned by the stand-in: no rows of other days; the ledger has one failed run of the day.
+    aws.results = lambda sql: (
+        [[string_value(failed_run)]]
+        if "'failed'" in sql
+        else [[long_value(0), long_value(0), long_value(0)]]
+    )
     wh = warehouse_from_block(block(aws))
 
     wh.publish(DAY, LoadResult(SUFFIX, 9, 2, 3), ledger(RUN, rows=9))
 
-    (failed_query,) = [body for op, body in aws.requests if op == "execute_statement"]
+    other_days, failed_query = [body for op, body in aws.requests if op == "execute_statement"]
+    assert "trip_date <> CAST(:run_date AS DATE)" in other_days["Sql"]
     assert failed_query["Parameters"] == [{"name": "run_date", "value": "2025-11-15"}]
     assert "status = 'failed'" in failed_query["Sql"]
     (batch,) = [body for op, body in aws.requests if op == "batch_execute_statement"]
@@ -605,6 +610,19 @@ def test_write_audit_publish_on_postgres(
     assert run["started_at"] == datetime(2025, 11, 16, 2, tzinfo=UTC)
     # No statement the warehouse submitted inserts rows one by one.
     assert not any("VALUES" in sql and s + ".trips " in sql for sql in pg_wh.api.submitted)  # type: ignore[attr-defined]
+
+
+def test_a_run_table_holding_another_day_is_not_published(
+    pg: ThrowawayPostgres, pg_wh: RedshiftWarehouse, aws: MotoRedshift
+) -> None:
+    files, _ = stage_day(aws.client("s3"), DAY - timedelta(days=1), RUN, 5)
+    loaded = pg_wh.load(DAY, RUN, files)  # the 14th's files loaded as the 15th
+
+    with pytest.raises(InfrastructureError, match="hold rows of other days; nothing published"):
+        pg_wh.publish(DAY, loaded, ledger(RUN, rows=5))
+
+    assert fetch(pg, f"SELECT count(*) FROM {pg_wh.schema}.trips") == [(0,)]
+    assert fetch(pg, f"SELECT count(*) FROM {pg_wh.schema}.runs") == [(0,)]
 
 
 def test_figures_find_duplicates_and_region_mismatches(
