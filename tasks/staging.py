@@ -104,7 +104,7 @@ class Staging:
 
     def __init__(self, root: str, fs: AbstractFileSystem | None = None) -> None:
         self.remote = is_remote(root)
-        self.root = Path(root)
+        self._root = Path(root)
         self.url = root
         self._location: Location | None = None
         self._fs: AbstractFileSystem | None = None
@@ -127,6 +127,13 @@ class Staging:
         return self.url
 
     @property
+    def root(self) -> Path:
+        """The local root folder (a local root only; a remote root is ``url``)."""
+        if self.remote:
+            raise UsageError(f"staging {self.url}: not a local folder")
+        return self._root
+
+    @property
     def location(self) -> Location:
         assert self._location is not None, "a local staging root has no location"
         return self._location
@@ -138,8 +145,6 @@ class Staging:
 
     def folder(self, stage: str, run_date: date) -> Path:
         """The day's local folder of ``stage`` (a local root only; see ``folder_url``)."""
-        if self.remote:
-            raise UsageError(f"staging {self.url}: not a local folder")
         return self.root / stage / f"date={run_date.isoformat()}"
 
     def folder_url(self, stage: str, run_date: date) -> str:
@@ -210,7 +215,10 @@ class Staging:
             raise
         # Keep the parts as the local copy of what was just staged: the next read needs no download.
         _prune(cache, keep=parts)
-        tmp.rename(cache / parts)
+        try:
+            tmp.rename(cache / parts)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # committed all the same: reads download
 
     def _commit(self, stage: str, run_date: date, run_id: str, tmp: Path, parts: str) -> None:
         """Upload the parts, PUT the manifest (the commit point), delete the previous parts."""
