@@ -212,14 +212,22 @@ def _get_statement_result(self: RedshiftDataAPIServiceResponse) -> Any:
 
 
 _ORIGINAL_EXECUTE = RedshiftDataAPIServiceResponse.execute_statement
+#: The response handlers this module replaces or adds while a stand-in runs.
+_EXTENSIONS: dict[str, Any] = {
+    "execute_statement": _execute_statement,
+    "batch_execute_statement": _batch_execute_statement,
+    "describe_statement": _describe_statement,
+    "get_statement_result": _get_statement_result,
+}
+_ORIGINALS: dict[str, Any] = {
+    name: RedshiftDataAPIServiceResponse.__dict__.get(name) for name in _EXTENSIONS
+}
 
 
 def start_moto() -> MotoRedshift:
     """Start moto on 127.0.0.1 (a free port) with this module's redshift-data extensions."""
-    RedshiftDataAPIServiceResponse.execute_statement = _execute_statement  # type: ignore[method-assign]
-    RedshiftDataAPIServiceResponse.batch_execute_statement = _batch_execute_statement  # type: ignore[attr-defined]
-    RedshiftDataAPIServiceResponse.describe_statement = _describe_statement  # type: ignore[method-assign]
-    RedshiftDataAPIServiceResponse.get_statement_result = _get_statement_result  # type: ignore[method-assign]
+    for name, handler in _EXTENSIONS.items():
+        setattr(RedshiftDataAPIServiceResponse, name, handler)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -231,7 +239,12 @@ def start_moto() -> MotoRedshift:
 def stop_moto(stand_in: MotoRedshift) -> None:
     stand_in.stop()
     _ACTIVE.remove(stand_in)
-    RedshiftDataAPIServiceResponse.execute_statement = _ORIGINAL_EXECUTE  # type: ignore[method-assign]
+    if not _ACTIVE:  # moto's own handlers back (batch_execute_statement: none)
+        for name, original in _ORIGINALS.items():
+            if original is None:
+                delattr(RedshiftDataAPIServiceResponse, name)
+            else:
+                setattr(RedshiftDataAPIServiceResponse, name, original)
 
 
 def long_value(n: int) -> dict[str, Any]:
