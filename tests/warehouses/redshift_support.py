@@ -308,7 +308,7 @@ class PostgresDataApi:
         self.submitted.append(sql)
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
-                cursor = conn.execute(to_postgres(sql), dict(params) if params else None)  # type: ignore[call-overload]
+                cursor = conn.execute(to_postgres(sql), dict(params) if params else None)
                 rows = cursor.fetchall() if cursor.description else []
         except psycopg.Error as exc:
             raise InfrastructureError(f"{self.description}: {purpose}: FAILED: {exc}") from exc
@@ -335,7 +335,7 @@ class PostgresDataApi:
                             else:
                                 names = set(_PARAMETER.findall(sql))
                                 mine = {k: v for k, v in values.items() if k in names}
-                                conn.execute(to_postgres(sql), mine or None)  # type: ignore[call-overload]
+                                conn.execute(to_postgres(sql), mine or None)
                         except psycopg.Error as exc:
                             raise _Failed(position, str(exc)) from exc
         except _Failed as exc:

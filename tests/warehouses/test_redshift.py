@@ -42,6 +42,7 @@ from warehouses.redshift_support import (
     Outcome,
     PostgresDataApi,
     ThrowawayPostgres,
+    free_port,
     long_value,
     start_moto,
     stop_moto,
@@ -498,6 +499,45 @@ def test_a_statement_past_the_timeout_is_cancelled(aws: MotoRedshift) -> None:
     assert statement.status == "ABORTED"  # moto's own cancel_statement
 
 
+def test_a_staged_file_missing_from_s3_fails_before_any_copy(aws: MotoRedshift) -> None:
+    s3 = aws.client("s3")
+    files, _ = stage_day(s3, DAY, RUN, 6)
+    missing = files.trips[1]
+    s3.delete_object(Bucket=BUCKET, Key=missing.removeprefix(f"s3://{BUCKET}/"))
+    wh = warehouse_from_block(block(aws))
+
+    with pytest.raises(InfrastructureError, match=f"S3 head_object {missing}: 404"):
+        wh.load(DAY, RUN, files)
+
+    assert aws.requests == []  # no statement submitted
+
+
+def test_refused_and_unreachable_api_calls_are_infrastructure_errors(aws: MotoRedshift) -> None:
+    from botocore.config import Config
+
+    api = DataApi(aws.client("redshift-data"), database="dev", workgroup_name="tripflow-wg")
+    with pytest.raises(InfrastructureError, match="probe: describe_statement refused: Validation"):
+        api.wait("not-a-statement-id", "probe")
+
+    closed = boto3_client_at(f"http://127.0.0.1:{free_port()}", Config(retries={"max_attempts": 1}))
+    api = DataApi(closed, database="dev", workgroup_name="tripflow-wg")
+    with pytest.raises(InfrastructureError, match="probe: execute_statement failed: Endpoint"):
+        api.execute("SELECT 1", purpose="probe")
+
+
+def boto3_client_at(endpoint: str, config: Any) -> Any:
+    import boto3
+
+    return boto3.client(
+        "redshift-data",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        config=config,
+    )
+
+
 def test_configuration_errors_are_usage_errors(aws: MotoRedshift) -> None:
     with pytest.raises(UsageError, match="exactly one of workgroup_name"):
         warehouse_from_block(block(aws, cluster_identifier="c"))
@@ -531,7 +571,7 @@ def columns(pg: ThrowawayPostgres, schema: str, table: str) -> list[str]:
 
 def fetch(pg: ThrowawayPostgres, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(pg.dsn()) as conn:
-        return conn.execute(sql, args or None).fetchall()  # type: ignore[call-overload, no-any-return]
+        return conn.execute(sql, args or None).fetchall()
 
 
 def staging_tables(pg: ThrowawayPostgres, wh: RedshiftWarehouse) -> list[str]:
@@ -550,7 +590,7 @@ def test_tables_follow_the_staged_parquet_column_order(
     pg_wh.ensure_tables()
     pg_wh.ensure_tables()  # idempotent
     files, _ = stage_day(aws.client("s3"), DAY, RUN, 3)
-    api: PostgresDataApi = pg_wh.api  # type: ignore[assignment]
+    api: PostgresDataApi = pg_wh.api
     api.submitted.clear()
     pg_wh.load(DAY, RUN, files)
     pg_wh.record_run(ledger(RUN, status="failed"))
@@ -742,7 +782,7 @@ def test_a_publish_killed_mid_transaction_leaves_the_old_day(
     files, _ = stage_day(s3, DAY, new, 26)
     loaded = pg_wh.load(DAY, new, files)
     _install_trigger(pg, pg_wh.schema, "PERFORM pg_sleep(60)")  # stalls at the ledger INSERT
-    api: PostgresDataApi = pg_wh.api  # type: ignore[assignment]
+    api: PostgresDataApi = pg_wh.api
     outcome: list[BaseException] = []
 
     def publish() -> None:
