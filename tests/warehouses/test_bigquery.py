@@ -11,7 +11,9 @@ the figures BigQuery would report (named so in each test).
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from datetime import date, timedelta
 from decimal import Decimal
@@ -22,11 +24,12 @@ import pytest
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
+from helpers import tripflow
 from warehouses.bq_standin import StandIn, bigquery_standin
 
 from tasks.checks import run_checks
 from tasks.config import load_settings
-from tasks.errors import UsageError
+from tasks.errors import InfrastructureError, UsageError
 from tasks.report import RunReport
 from tasks.stages import RunContext, extract, transform
 from tasks.warehouses.base import StagedFiles
@@ -179,6 +182,23 @@ def day_summary(wh: BigQueryWarehouse, day: date) -> dict[str, Any]:
     }
 
 
+def dry_run_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The query jobs that ran, each checked to follow a dry run of its own SQL."""
+    pending: Counter[str] = Counter()
+    ran = []
+    for job in jobs:
+        if "query" not in job:
+            continue
+        sql = job["query"]["query"]
+        if job.get("dryRun"):
+            pending[sql] += 1
+        else:
+            assert pending[sql] > 0, f"ran without a dry run first: {sql}"
+            pending[sql] -= 1
+            ran.append(job)
+    return ran
+
+
 def test_load_figures_publish_a_staged_day(
     tmp_path: Path, standin: StandIn, warehouse: BigQueryWarehouse
 ) -> None:
@@ -294,6 +314,29 @@ def test_a_failed_check_publishes_nothing(
     suffix = bad.report.loaded.suffix  # type: ignore[union-attr]
     names = {t.table_id for t in warehouse.client.list_tables(warehouse.dataset)}
     assert {f"{table}_{suffix}" for table, _, _ in PUBLISHED_TABLES} <= names
+
+
+def test_a_publish_that_fails_midway_changes_nothing(
+    tmp_path: Path, standin: StandIn, warehouse: BigQueryWarehouse
+) -> None:
+    good = Day(tmp_path / "a", DAY, "run00001")
+    assert good.run(warehouse, good.gcs_files(standin)) == "published"
+    rerun = Day(tmp_path / "b", DAY, "run00002")
+    loaded = warehouse.load(DAY, "run00002", rerun.gcs_files(standin))
+    # The transaction's third table cannot be read: its DELETE/INSERT of trips, already run
+    # inside the transaction, must be rolled back with it.
+    warehouse.client.delete_table(warehouse.table_id(f"region_daily_{loaded.suffix}"))
+    rerun.report.loaded = loaded
+    with pytest.raises(InfrastructureError, match=f"publish of {DAY}"):
+        warehouse.publish(DAY, loaded, rerun.report.ledger("published"))
+    assert day_summary(warehouse, DAY) == {
+        "trips": 10,
+        "fare": Decimal("211.40"),
+        "run": "run00001",
+        "region_daily": 3,
+        "quarantine": 1,
+    }
+    assert [r["run_id"] for r in warehouse.recent_runs(5)] == ["run00001"]
 
 
 def test_every_query_is_dry_run_first_and_carries_its_limits(
@@ -427,3 +470,47 @@ def test_from_block_uses_the_blocks_endpoint_and_limits(
     real = [j for j in standin.proxy.jobs() if "query" in j and not j.get("dryRun")]
     assert real and all(j["query"]["maximumBytesBilled"] == "123456789" for j in real)
     assert all(j["jobTimeoutMs"] == "77000" for j in real)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_tripflow_run_on_a_bigquery_block(workdir: Path, tmp_path: Path, standin: StandIn) -> None:
+    """``tripflow run --warehouse block:NAME`` in a subprocess: the real CLI, flow, Prefect server
+    and block loading; the block's endpoint is the stand-in (local staging: uploads)."""
+    TripWarehouse(
+        target="bigquery",
+        project=standin.project,
+        dataset="cli_run",
+        endpoint_url=standin.endpoint,
+        maximum_bytes_billed=LIMIT,
+        statement_timeout_s=300,
+    ).save("bigquery-standin", overwrite=True)
+    standin.proxy.reset()
+    env = {
+        "NO_GCE_CHECK": "True",  # no metadata server to ask for an identity here
+        "GOOGLE_APPLICATION_CREDENTIALS": "",
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+    }
+    args = ("--source", "sample", "--date", DAY.isoformat(), "--json")
+    proc = tripflow("run", *args, "--warehouse", "block:bigquery-standin", cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = standin.proxy.jobs()  # the run's jobs (before this test's own read-back queries)
+    report = json.loads(proc.stdout)
+    assert report["status"] == "published", report.get("error")
+    assert report["rows"]["loaded"] == 10
+
+    client = bigquery.Client(
+        project=standin.project,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options=ClientOptions(api_endpoint=standin.endpoint),
+    )
+    (row,) = client.query(
+        f"SELECT count(*) AS n, sum(fare_usd) AS fare FROM `{standin.project}.cli_run.trips`"
+    ).result()
+    assert (row["n"], row["fare"]) == (10, Decimal("211.40"))
+    (ledger,) = client.query(
+        f"SELECT run_id, status FROM `{standin.project}.cli_run.runs`"
+    ).result()
+    assert (ledger["run_id"], ledger["status"]) == (report["run_id"], "published")
+    real = dry_run_first(jobs)  # stages may interleave their queries
+    assert len(real) >= 12
+    assert all(job["query"]["maximumBytesBilled"] == str(LIMIT) for job in real)
