@@ -310,6 +310,9 @@ _S3_KEY_UNSAFE: Final = re.compile(r"['\\\x00-\x1f]")
 
 # --- The Data API seam --------------------------------------------------------------------------
 
+#: ``batch_execute_statement`` takes at most 40 statements.
+MAX_BATCH_STATEMENTS: Final = 40
+
 #: Poll ``describe_statement`` after 0.1 s, doubling up to 5 s between polls.
 POLL_FIRST_S: Final = 0.1
 POLL_MAX_S: Final = 5.0
@@ -704,7 +707,16 @@ class RedshiftWarehouse:
             purpose=f"failed runs of {run_date}",
         )
         statements = self.publish_statements(run_date, load, [str(r[0]) for r in failed])
-        self.api.batch(statements, ledger_params(ledger), purpose=f"publish {run_date}")
+        transaction = statements[:MAX_BATCH_STATEMENTS]  # the DML and ledger row come first
+        self.api.batch(transaction, ledger_params(ledger), purpose=f"publish {run_date}")
+        # Failed runs' tables past the batch limit: dropped after the commit (IF EXISTS: a retry
+        # or a later publish finishes the job if this is interrupted).
+        rest = statements[MAX_BATCH_STATEMENTS:]
+        for start in range(0, len(rest), MAX_BATCH_STATEMENTS):
+            self.api.batch(
+                rest[start : start + MAX_BATCH_STATEMENTS],
+                purpose=f"drop failed runs' tables of {run_date}",
+            )
 
     def record_run(self, ledger: LedgerRow) -> None:
         self.api.batch(

@@ -56,6 +56,7 @@ from moto.redshiftdata.responses import RedshiftDataAPIServiceResponse
 from moto.server import ThreadedMotoServer
 
 from tasks.errors import InfrastructureError
+from tasks.warehouses.redshift import MAX_BATCH_STATEMENTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pg"))
 
@@ -296,6 +297,8 @@ class PostgresDataApi:
         self.description = "redshift stand-in (PostgreSQL)"
         #: Every statement submitted, in the warehouse's own (Redshift) text.
         self.submitted: list[str] = []
+        #: How many statements each batch had.
+        self.batch_sizes: list[int] = []
         #: The backend pid of the batch running now (for tests that kill it mid-transaction).
         self.batch_pid: int | None = None
 
@@ -318,6 +321,9 @@ class PostgresDataApi:
         self, sqls: Sequence[str], params: Mapping[str, str] | None = None, *, purpose: str
     ) -> None:
         self.submitted.extend(sqls)
+        self.batch_sizes.append(len(sqls))
+        if len(sqls) > MAX_BATCH_STATEMENTS:  # the Data API's own limit
+            raise InfrastructureError(f"{purpose}: ValidationException: more than 40 statements")
         values = dict(params) if params else {}
         used = {name for sql in sqls for name in _PARAMETER.findall(sql)}
         if set(values) - used:  # the Data API refuses a parameter no statement uses

@@ -723,6 +723,29 @@ def test_failed_runs_keep_their_tables_until_the_day_is_published(
     ]
 
 
+def test_many_failed_runs_tables_are_dropped_past_the_batch_limit(
+    pg: ThrowawayPostgres, pg_wh: RedshiftWarehouse, aws: MotoRedshift
+) -> None:
+    s3 = aws.client("s3")
+    failed = [new_run() for _ in range(12)]
+    for run in failed[:2]:  # two of them left tables; all twelve are in the ledger
+        files, _ = stage_day(s3, DAY, run, 4)
+        pg_wh.load(DAY, run, files)
+    for run in failed:
+        pg_wh.record_run(ledger(run, status="failed", error="checks failed"))
+    good = new_run()
+    files, _ = stage_day(s3, DAY, good, 7)
+    loaded = pg_wh.load(DAY, good, files)
+    api: PostgresDataApi = pg_wh.api  # type: ignore[assignment]
+    api.batch_sizes.clear()
+
+    pg_wh.publish(DAY, loaded, ledger(good, rows=7))
+
+    assert api.batch_sizes == [40, 7]  # SET + 6 DML + ledger + 3x13 DROPs = 47, split at 40
+    assert staging_tables(pg, pg_wh) == []
+    assert pg_wh.published_rows(DAY) == 7
+
+
 def _install_trigger(pg: ThrowawayPostgres, schema: str, body: str) -> None:
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         conn.execute(
