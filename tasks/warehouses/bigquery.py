@@ -5,8 +5,9 @@ Write, audit, publish:
 1. ``load`` creates this run's staging tables (``<dataset>.trips_<YYYYMMDD>_<run>`` and its
    quarantine and region_daily siblings; same columns, ``PARTITION BY trip_date CLUSTER BY
    region`` and an expiration of ``STAGING_EXPIRATION_HOURS`` so abandoned ones vanish) and fills
-   each with **one load job** (``load_table_from_uri`` of the day's ``gs://`` Parquet, explicit
-   schema, autodetect off, ``WRITE_TRUNCATE``). Never row-by-row INSERTs.
+   each with **one load job** (``load_table_from_uri`` of the day's ``gs://`` Parquet into the
+   partition ``<table>$YYYYMMDD``, explicit schema, autodetect off, ``WRITE_TRUNCATE``). Never
+   row-by-row INSERTs.
 2. ``figures`` runs the checks' queries against the staging tables.
 3. ``publish`` loads the ledger row into a staging ledger table (a load job, so no value is ever
    spliced into SQL), then runs **one multi-statement transaction**: for each published table,
@@ -396,10 +397,17 @@ class BigQueryWarehouse:
             raise InfrastructureError(f"BigQuery {purpose}: {exc}") from exc
         return int(job.output_rows or 0)
 
-    def load_parquet(self, table: str, columns: Sequence[Column], files: Sequence[str]) -> int:
-        """Bulk-load Parquet files into ``table`` (replacing its rows); returns rows loaded."""
+    def load_parquet(
+        self, table: str, columns: Sequence[Column], files: Sequence[str], day: date
+    ) -> int:
+        """Bulk-load Parquet files into the day's partition of ``table`` (replacing it).
+
+        The destination is the partition decorator ``table$YYYYMMDD``: BigQuery fails the load if
+        a row's ``trip_date`` is another day, so a run table only ever holds its own day.
+        Returns the rows loaded.
+        """
         purpose = f"load of {table}"
-        destination = self.table_id(table)
+        destination = f"{self.table_id(table)}${day:%Y%m%d}"
         if not files:
             return 0
         if all(f.startswith("gs://") for f in files):
@@ -490,7 +498,9 @@ class BigQueryWarehouse:
                     table=self.sql_table(staging), columns=ddl_columns(columns)
                 ),
             )
-            counts[table] = self.load_parquet(staging, columns, list(getattr(files, field)))
+            counts[table] = self.load_parquet(
+                staging, columns, list(getattr(files, field)), run_date
+            )
         return LoadResult(
             suffix, counts["trips"], counts["trips_quarantine"], counts["region_daily"]
         )

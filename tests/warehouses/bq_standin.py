@@ -14,7 +14,11 @@ What it does NOT model, and how the tests deal with it:
   ``billed``: the bytes a finished query job reports), and the tests assert on the requests the
   client sent (a dry run before each query, ``maximumBytesBilled`` on each job);
 - ``maximumBytesBilled`` enforcement, table expiration, IAM, quotas, concurrent-transaction
-  conflicts, partition decorators (``table$YYYYMMDD``);
+  conflicts;
+- partition decorators: it refuses ``table$YYYYMMDD``. The proxy forwards a load job into
+  ``run_table$YYYYMMDD`` as a load into ``run_table`` (the same thing for a table that holds one
+  day, minus BigQuery's check that every row belongs to that day); the tests assert the decorator
+  the client sent;
 - a dry run of a multi-statement script: bqemulator 1.4.0 EXECUTES the script when asked for a
   dry run (measured: a dry-run ``INSERT`` script inserts). The proxy answers those dry runs itself
   (state DONE, statement type SCRIPT, 0 bytes or the stated estimate) and does not forward them;
@@ -264,6 +268,20 @@ def _decode_body(content_type: str, raw: bytes) -> Any:
     return None
 
 
+def _without_partition_decorator(body: Any, raw: bytes) -> bytes:
+    """A load job's destination ``table$YYYYMMDD`` as plain ``table`` (the emulator has no
+    partition decorators; for a table holding one day it is the same load, minus BigQuery's check
+    that every row belongs to that day)."""
+    load = (body.get("configuration") or {}).get("load") if isinstance(body, dict) else None
+    destination = (load or {}).get("destinationTable") or {}
+    table = destination.get("tableId")
+    if not isinstance(table, str) or "$" not in table:
+        return raw
+    forwarded = json.loads(json.dumps(body))
+    forwarded["configuration"]["load"]["destinationTable"]["tableId"] = table.split("$")[0]
+    return json.dumps(forwarded).encode()
+
+
 def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
     upstream = urlsplit(proxy.upstream)
 
@@ -289,6 +307,7 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
                 if answer is not None:
                     self._reply(200, [("Content-Type", "application/json")], json.dumps(answer))
                     return
+                raw = _without_partition_decorator(recorded.body, raw)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             conn = http.client.HTTPConnection(upstream.netloc, timeout=300)
             try:

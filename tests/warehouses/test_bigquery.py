@@ -252,7 +252,7 @@ def test_load_figures_publish_a_staged_day(
     assert trips_load["autodetect"] is False
     assert trips_load["writeDisposition"] == "WRITE_TRUNCATE"
     assert trips_load["createDisposition"] == "CREATE_NEVER"
-    assert trips_load["destinationTable"]["tableId"] == f"trips_{loaded.suffix}"
+    assert trips_load["destinationTable"]["tableId"] == f"trips_{loaded.suffix}$20251115"
     assert [f["name"] for f in trips_load["schema"]["fields"]] == [n for n, _, _ in TRIPS_SCHEMA]
     assert loads[1]["parquetOptions"]["enableListInference"] is True
     assert loads[1]["sourceUris"] == list(files.quarantine)
@@ -416,16 +416,17 @@ def test_local_staging_loads_by_upload(
     assert day.run(warehouse, day.local_files()) == "published"
     assert warehouse.published_rows(DAY) == 10
     uploads = [
-        r
+        r.body["configuration"]["load"]
         for r in standin.proxy.requests
-        if r.path.startswith("/upload/") and r.method == "POST" and isinstance(r.body, dict)
+        if r.path.startswith("/upload/") and r.method == "POST" and r.job_configuration
     ]
-    parquet = [
-        r.body["configuration"]["load"] for r in uploads if "load" in r.body["configuration"]
+    parquet = [u for u in uploads if u["sourceFormat"] == "PARQUET"]
+    suffix = day.report.loaded.suffix  # type: ignore[union-attr]
+    assert [u["destinationTable"]["tableId"] for u in parquet] == [
+        f"{table}_{suffix}$20251115" for table, _, _ in PUBLISHED_TABLES
     ]
-    assert [p["sourceFormat"] for p in parquet].count("PARQUET") == 3
     assert all(
-        p["autodetect"] is False and p["writeDisposition"] == "WRITE_TRUNCATE" for p in parquet[:3]
+        u["autodetect"] is False and u["writeDisposition"] == "WRITE_TRUNCATE" for u in parquet
     )
 
 
