@@ -85,6 +85,8 @@ class Outcome:
 
     status: str | None = "FINISHED"
     error: str | None = None
+    #: For a FAILED batch: which statement (1-based) failed; those after it are ABORTED.
+    failed_statement: int | None = None
 
 
 @dataclass
@@ -185,14 +187,20 @@ def _describe_statement(self: RedshiftDataAPIServiceResponse) -> Any:
         if outcome.status is not None:
             statement.status = outcome.status
             statement.error = outcome.error
+            statement.failed_statement = outcome.failed_statement
             statement.has_result_set = outcome.status == "FINISHED" and bool(
                 stand_in.results(statement.query_string)
             )
     answer = dict(statement)
-    answer["SubStatements"] = [
-        {"Id": f"{statement.id}:{n}", "QueryString": sql, "Status": statement.status}
-        for n, sql in enumerate(statement.sub_statements, start=1)
-    ]
+    failed = getattr(statement, "failed_statement", None)
+    answer["SubStatements"] = []
+    for n, sql in enumerate(statement.sub_statements, start=1):
+        sub = {"Id": f"{statement.id}:{n}", "QueryString": sql, "Status": statement.status}
+        if failed is not None:
+            sub["Status"] = "FINISHED" if n < failed else "FAILED" if n == failed else "ABORTED"
+            if n == failed:
+                sub["Error"] = statement.error
+        answer["SubStatements"].append(sub)
     if getattr(statement, "error", None):
         answer["Error"] = statement.error
     return 200, {}, json.dumps(answer)

@@ -271,7 +271,7 @@ def new_run() -> str:
 
 def test_load_submits_copy_from_a_manifest_in_one_transaction(aws: MotoRedshift) -> None:
     s3 = aws.client("s3")
-    files, clean = stage_day(s3, DAY, RUN, 9)
+    files, _ = stage_day(s3, DAY, RUN, 9)
     # Canned by the stand-in (moto runs no SQL): no tables yet; the staging tables' counts.
     aws.results = lambda sql: (
         [[long_value(0), long_value(0)]]
@@ -340,7 +340,6 @@ def test_load_submits_copy_from_a_manifest_in_one_transaction(aws: MotoRedshift)
             entry["meta"]["content_length"]
             == s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
         )
-    assert clean.height == 9
 
     # Every statement was polled until it finished (the stand-in finishes on the 2nd poll).
     assert sorted(aws.polls.values()) == [2, 2, 2]
@@ -482,6 +481,17 @@ def test_a_failed_statement_raises_with_the_server_error_and_purpose(aws: MotoRe
     assert not any("CREATE SCHEMA" in sql for sql in batch)  # the tables exist: no DDL
     # Nothing counted after the failed load: the only query is the tables' lookup before it.
     assert len(aws.sqls("execute_statement")) == 1
+
+
+def test_a_failed_batch_names_its_failed_statement(aws: MotoRedshift) -> None:
+    error = "Serializable isolation violation on table - 104905, transactions forming the cycle"
+    aws.rule = lambda sql: Outcome("FAILED", error, failed_statement=2)
+    api = DataApi(aws.client("redshift-data"), database="dev", workgroup_name="tripflow-wg")
+
+    with pytest.raises(InfrastructureError) as raised:
+        api.batch(["SET statement_timeout TO 1000", "DELETE FROM t", "DROP TABLE u"], purpose="p")
+
+    assert str(raised.value).endswith(f"FAILED: statement 2 of the batch: {error}")
 
 
 def test_a_statement_past_the_timeout_is_cancelled(aws: MotoRedshift) -> None:
