@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -33,11 +34,14 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tasks/, from any venv
 
 KEYS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
 BUCKET = "bench"
@@ -167,12 +171,21 @@ def child(variant: str, endpoint: str, scratch: str) -> None:
             "aws_allow_http": "true",
         }
         passes(pl.scan_parquet(url, storage_options=options), out)
-    else:
+    elif variant == READ_VARIANTS[1]:
         local = Path(scratch) / "downloaded.parquet"
         s3fs_client(endpoint).get_file(url, str(local))
         passes(pl.scan_parquet(local), out)
+    else:
+        from tasks.staging import Staging
+
+        staged = Staging(STAGED_ROOT, s3fs_client(endpoint)).read("raw", DAY)
+        passes(staged.scan({}), out)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
+    status = Path("/proc/self/status").read_text()
+    peak_mb = (
+        int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM"))) / 1024
+    )
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb}))
 
 
@@ -193,7 +206,21 @@ def import_cpu(module: str, repeat: int) -> float | None:
     return None if cost != cost else cost
 
 
-READ_VARIANTS = ("polars scan_parquet(s3://) per pass", "download once (s3fs), scan locally")
+READ_VARIANTS = (
+    "polars scan_parquet(s3://) per pass",
+    "download once (s3fs get_file), scan locally",
+    "tripflow Staging.read().scan(): manifest, streamed download + SHA-256, local scans",
+)
+STAGED_ROOT = f"s3://{BUCKET}/staged"
+DAY = date(2025, 11, 15)
+
+
+def stage_with_tripflow(endpoint: str, local: Path) -> None:
+    """Stage the file as tripflow does (parts, then the manifest), for the third read variant."""
+    from tasks.staging import Staging
+
+    with Staging(STAGED_ROOT, s3fs_client(endpoint)).write("raw", DAY, "bench") as folder:
+        shutil.copyfile(local, folder / "part-00000.parquet")
 
 
 def reads(endpoint: str, scratch: Path, repeat: int) -> dict[str, dict[str, float]]:
@@ -232,6 +259,7 @@ def main() -> None:
             local = scratch / "trips.parquet"
             size = make_parquet(local, args.mb)
             moved = transfer(endpoint, local, scratch, args.repeat)
+            stage_with_tripflow(endpoint, local)
             read = reads(endpoint, scratch, args.repeat)
         imports = {m: import_cpu(m, args.repeat) for m in ("s3fs", "obstore")}
     finally:
@@ -260,8 +288,10 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, r in read.items():
         print(f"| {name} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} |")
-    a, b = (read[v] for v in READ_VARIANTS)
-    print(f"\nremote scans / download-then-local: time {a['seconds'] / b['seconds']:.2f}x")
+    a, b, c = (read[v]["seconds"] for v in READ_VARIANTS)
+    print(
+        f"\nremote scans / download-then-local: time {a / b:.2f}x; tripflow's reader {c / b:.2f}x"
+    )
 
 
 if __name__ == "__main__":
