@@ -551,8 +551,9 @@ def split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` as (bucket, key); anything else is a usage error."""
     parts = urlsplit(uri)
     if parts.scheme != "s3" or not _BUCKET.match(parts.netloc) or not parts.path.strip("/"):
+        shown = "a URI with user info" if "@" in parts.netloc else repr(uri)  # never echo a key
         raise UsageError(
-            f"Redshift loads with COPY from S3 only: {uri!r} is not an s3://bucket/key URI "
+            f"Redshift loads with COPY from S3 only: {shown} is not an s3://bucket/key URI "
             "(stage to S3: --staging s3://BUCKET/PREFIX)"
         )
     key = parts.path.lstrip("/")
@@ -783,6 +784,15 @@ def _as_datetime(value: Any) -> datetime:
 def from_block(block: Any) -> RedshiftWarehouse:
     """The Redshift a ``TripWarehouse`` block names, through its ``AwsCredentials`` (or, without
     one, the ambient identity: IRSA on EKS, an instance profile, the environment)."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return _from_block(block)
+    except BotoCoreError as exc:  # e.g. a profile that does not exist, no region
+        raise UsageError(f"TripWarehouse (redshift): cannot build the AWS clients: {exc}") from exc
+
+
+def _from_block(block: Any) -> RedshiftWarehouse:
     import boto3
     from botocore.config import Config
 

@@ -559,7 +559,17 @@ def test_configuration_errors_are_usage_errors(aws: MotoRedshift) -> None:
         warehouse_from_block(block(aws, dataset="analytics; DROP"))
     with pytest.raises(UsageError, match="WorkgroupName"):  # botocore's own validation
         warehouse_from_block(block(aws, workgroup_name="wg")).published_rows(DAY)
+    with pytest.raises(UsageError, match="cannot build the AWS clients"):
+        warehouse_from_block(
+            block(aws, aws_credentials=AwsCredentials(profile_name="no-such-profile"))
+        )
     wh = warehouse_from_block(block(aws))
+    keyed = StagedFiles(
+        trips=[f"s3://AKIA:{SECRET_ACCESS_KEY}@b/k"], quarantine=[], region_daily=[]
+    )
+    with pytest.raises(UsageError) as raised:
+        wh.load(DAY, RUN, keyed)
+    assert SECRET_ACCESS_KEY not in str(raised.value)
     local = StagedFiles(trips=["/tmp/part-0.parquet"], quarantine=[], region_daily=[])
     with pytest.raises(UsageError, match="COPY from S3 only"):
         wh.load(DAY, RUN, local)
