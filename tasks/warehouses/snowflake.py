@@ -726,8 +726,10 @@ def from_block(block: TripWarehouse) -> SnowflakeWarehouse:
 
     def connect() -> Connection:
         # A fresh connection per step (closed after it), with the block's database and schema.
+        # autocommit=True explicitly: a saved credentials block carries ``autocommit: null`` (or a
+        # user's False), and every statement outside publish's BEGIN … COMMIT must commit itself.
         client: Connection = credentials.get_client(
-            database=database, schema=schema, warehouse=warehouse
+            database=database, schema=schema, warehouse=warehouse, autocommit=True
         )
         return client
 

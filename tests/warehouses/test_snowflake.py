@@ -25,6 +25,7 @@ What fakesnow does NOT model, and how it is covered instead:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import fakesnow
 import polars as pl
@@ -40,7 +42,21 @@ import pytest
 import snowflake.connector
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from helpers import tripflow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
+from warehouses.snowflake_support import (
+    NOT_IN_FAKESNOW,
+    fakesnow_site,
+    key_digests,
+    persisted_fakesnow,
+)
 
 from tasks.checks import run_checks
 from tasks.config import load_settings
@@ -55,11 +71,6 @@ from tasks.warehouses.snowflake import SnowflakeWarehouse
 DAY = date(2025, 11, 15)
 DATABASE = "TRIPFLOW"
 SCHEMA = "ANALYTICS"
-#: fakesnow does not implement these two session statements: it answers them as no-ops.
-NOT_IN_FAKESNOW = [
-    r"^ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS",
-    r"^ALTER WAREHOUSE ",
-]
 
 
 # --- a real staged day ---------------------------------------------------------------------------
@@ -490,6 +501,7 @@ def test_block_key_pair_auth_and_the_private_key_canary(
     assert connect_kwargs["private_key"] == der
     assert (connect_kwargs["database"], connect_kwargs["schema"]) == (DATABASE, SCHEMA)
     assert "password" not in connect_kwargs
+    assert connect_kwargs["autocommit"] is True  # whatever the saved credentials block says
 
     # ... and the key is nowhere else: logs, statements, output, staged files, warehouse tables.
     captured = capfd.readouterr()
@@ -534,3 +546,65 @@ def test_a_broken_key_file_fails_to_connect_without_echoing_it(tmp_path: Path, f
 def test_the_block_needs_its_connector() -> None:
     with pytest.raises(UsageError, match="needs its snowflake_connector"):
         warehouse_from_block(TripWarehouse(target="snowflake"))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_full_tripflow_run_on_the_snowflake_block_leaks_no_private_key(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """``tripflow run --warehouse block:NAME`` in a subprocess, its Snowflake being fakesnow.
+
+    The subprocess loads a test-only ``sitecustomize`` (``snowflake_support``) that patches
+    ``snowflake.connector.connect`` with a persisted fakesnow: everything else is the real CLI,
+    flow, Prefect server, block loading, prefect-snowflake key-pair auth and staging.
+    """
+    key_path, body, der = _mounted_key(tmp_path)
+    _block(key_path).save("snowflake-canary", overwrite=True)
+    env = {**fakesnow_site(tmp_path), "PREFECT_LOGGING_LEVEL": "DEBUG"}
+    args = ("--source", "synthetic", "--rows", "2000", "--date", DAY.isoformat())
+    proc = tripflow(
+        "run", *args, "--warehouse", "block:snowflake-canary", "--json", cwd=workdir, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["status"] == "published", report.get("error")
+    published = report["rows"]["loaded"]
+    assert published > 1900
+
+    # Every connection authenticated with the mounted key (digests recorded by the stand-in).
+    digests = key_digests(tmp_path)
+    assert digests and set(digests) == {hashlib.sha256(der).hexdigest()}
+
+    with persisted_fakesnow(tmp_path, DATABASE, SCHEMA) as cur:
+        cur.execute(f"SELECT count(*) FROM {SCHEMA}.trips WHERE trip_date = %(d)s", {"d": DAY})
+        assert cur.fetchall() == [(published,)]
+        cur.execute(f"SELECT status, rows_loaded FROM {SCHEMA}.runs")
+        assert cur.fetchall() == [("published", published)]
+        dumps = []
+        for table in ("trips", "trips_quarantine", "region_daily", "runs"):
+            cur.execute(f"SELECT * FROM {SCHEMA}.{table}")
+            dumps += [json.dumps(row, default=str) for row in cur.fetchall()]
+
+    flow_run_id = UUID(report["flow_run_id"])
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert logs and artifacts
+    staged = [
+        p.read_bytes().decode("latin-1") for p in (workdir / ".tripflow").rglob("*") if p.is_file()
+    ]
+    haystacks = {
+        "stdout (the JSON report)": proc.stdout,
+        "stderr": proc.stderr,
+        "flow run logs": "\n".join(log.message for log in logs),
+        "artifacts": "\n".join(str(a.data) for a in artifacts),
+        "warehouse tables": "\n".join(dumps),
+        "staging and .tripflow files": "\n".join(staged),
+    }
+    for where, text in haystacks.items():
+        for form in _secret_forms(body, der):
+            assert form not in text, f"private key found in {where}"
