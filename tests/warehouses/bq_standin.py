@@ -22,6 +22,8 @@ What it does NOT model, and how the tests deal with it:
 - a dry run of a multi-statement script: bqemulator 1.4.0 EXECUTES the script when asked for a
   dry run (measured: a dry-run ``INSERT`` script inserts). The proxy answers those dry runs itself
   (state DONE, statement type SCRIPT, 0 bytes or the stated estimate) and does not forward them;
+- OAuth: the proxy answers ``POST /token`` (a test service account's ``token_uri``) with a
+  fixed access token without checking the JWT (the tests verify its signature themselves);
 - hive partitioning: it reads a ``date=...`` folder of a ``gs://`` path as a column (BigQuery
   does not without ``hivePartitioningOptions``), so the tests' GCS keys have no ``key=`` folders.
 
@@ -82,6 +84,10 @@ CACHE_ROOT: Final = Path(
     os.environ.get("TRIPFLOW_BQEMULATOR_CACHE", Path.home() / ".cache" / "tripflow-bqemulator")
 )
 START_TIMEOUT_S: Final = 60.0
+#: The proxy also stands in for Google's OAuth token endpoint (a service account's ``token_uri``
+#: may point here): it answers every JWT-bearer grant with this access token, and records it.
+TOKEN_PATH: Final = "/token"
+STANDIN_TOKEN: Final = "standin-access-token"
 INSTALL_SPATIAL: Final = (
     "import duckdb, duckdb_extensions\n"
     "con = duckdb.connect()\n"
@@ -153,6 +159,7 @@ class Recorded:
     path: str
     query: dict[str, list[str]]
     body: Any
+    authorization: str | None = None
 
     @property
     def job_configuration(self) -> dict[str, Any] | None:
@@ -296,11 +303,19 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             url = urlsplit(self.path)
             content_type = self.headers.get("Content-Type", "")
+            if url.path == TOKEN_PATH:
+                body: Any = parse_qs(raw.decode())
+            else:
+                body = _decode_body(content_type, raw)
             recorded = Recorded(
-                self.command, url.path, parse_qs(url.query), _decode_body(content_type, raw)
+                self.command, url.path, parse_qs(url.query), body, self.headers.get("Authorization")
             )
             with proxy.lock:
                 proxy.requests.append(recorded)
+            if url.path == TOKEN_PATH and self.command == "POST":
+                token = {"access_token": STANDIN_TOKEN, "expires_in": 3600, "token_type": "Bearer"}
+                self._reply(200, [("Content-Type", "application/json")], json.dumps(token))
+                return
             if recorded.job_configuration is not None:
                 project = url.path.split("/projects/")[-1].split("/")[0]
                 answer = proxy.script_dry_run(recorded.body, project)

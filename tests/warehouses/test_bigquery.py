@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from google.api_core.client_options import ClientOptions
+from google.auth import jwt as google_jwt
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from helpers import tripflow
-from warehouses.bq_standin import StandIn, bigquery_standin
+from prefect_gcp import GcpCredentials
+from warehouses.bq_standin import STANDIN_TOKEN, TOKEN_PATH, StandIn, bigquery_standin
 
 from tasks.checks import run_checks
 from tasks.config import load_settings
@@ -515,3 +519,50 @@ def test_tripflow_run_on_a_bigquery_block(workdir: Path, tmp_path: Path, standin
     real = dry_run_first(jobs)  # stages may interleave their queries
     assert len(real) >= 12
     assert all(job["query"]["maximumBytesBilled"] == str(LIMIT) for job in real)
+
+
+def test_from_block_authenticates_with_the_gcp_credentials_block(standin: StandIn) -> None:
+    """A prefect-gcp ``GcpCredentials`` block with service account info: the client signs a JWT
+    with its key, exchanges it at the account's ``token_uri`` (the proxy stands in for Google's
+    OAuth endpoint) and sends that token with every API call; the key is never sent."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    email = f"bq-writer@{standin.project}.iam.gserviceaccount.com"
+    info = {
+        "type": "service_account",
+        "project_id": standin.project,
+        "private_key_id": "standin-key-1",
+        "private_key": private_pem,
+        "client_email": email,
+        "client_id": "1234567890",
+        "token_uri": f"{standin.endpoint}{TOKEN_PATH}",
+    }
+    block = TripWarehouse(
+        target="bigquery",
+        dataset="with_credentials",
+        endpoint_url=standin.endpoint,
+        gcp_credentials=GcpCredentials(service_account_info=info, project=standin.project),
+    )
+    wh = from_block(block)
+    assert wh.project == standin.project  # from the credentials block
+    standin.proxy.reset()
+    wh.ensure_tables()
+
+    (grant,) = [r for r in standin.proxy.requests if r.path == TOKEN_PATH]
+    claims = google_jwt.decode(  # type: ignore[no-untyped-call]
+        grant.body["assertion"][0], certs=public_pem, verify=True
+    )
+    assert claims["iss"] == email
+    api = [r for r in standin.proxy.requests if r.path.startswith("/bigquery/")]
+    assert api and {r.authorization for r in api} == {f"Bearer {STANDIN_TOKEN}"}
+    key_body = "".join(private_pem.splitlines()[1:-1])
+    assert all(key_body[:40] not in json.dumps(r.body) for r in standin.proxy.requests)
