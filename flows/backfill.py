@@ -1,8 +1,11 @@
 """``backfill``: one ``daily-trip-etl`` run per day, under a concurrency limit.
 
-Days extract and transform in parallel; the warehouse's writer lock serializes load and publish
-(DuckDB allows one writer per file). A failed day does not stop the others; it is listed and can
-be re-run alone with ``tripflow run --date D``.
+Locally each day is a child flow run in this process: days extract and transform in parallel; the
+warehouse's writer lock serializes load and publish (DuckDB allows one writer per file). With
+``day_deployment`` (the Kubernetes pool), each day is a run of that deployment instead — its own
+pod(s) — and ``concurrency`` days are in flight at once (the deployment's own concurrency limit
+caps them too). A failed day does not stop the others; it is listed and can be re-run alone with
+``tripflow run --date D`` or ``prefect deployment run … --param run_date=D``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from prefect import flow
+from prefect.deployments import run_deployment
 
 from flows.daily import daily_trip_etl
 from tasks.errors import TripflowError, UsageError
@@ -24,7 +28,27 @@ def days_between(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def _one_day(day: date, params: dict[str, Any]) -> dict[str, Any]:
+def _one_day_deployment(day: date, params: dict[str, Any], deployment: str) -> dict[str, Any]:
+    """The day as a run of ``deployment``; its outcome from the run's final state."""
+    given = {k: v for k, v in params.items() if v is not None}
+    child = run_deployment(
+        deployment, parameters={"run_date": day.isoformat(), **given}, timeout=None
+    )
+    state = child.state  # type: ignore[union-attr]
+    done = state is not None and state.is_completed()
+    out: dict[str, Any] = {
+        "run_date": day.isoformat(),
+        "status": "published" if done else "failed",
+        "flow_run_id": str(child.id),  # type: ignore[union-attr]
+    }
+    if not done:
+        out["message"] = f"{state.name if state else 'no state'}: {state.message if state else ''}"
+    return out
+
+
+def _one_day(day: date, params: dict[str, Any], deployment: str | None = None) -> dict[str, Any]:
+    if deployment:
+        return _one_day_deployment(day, params, deployment)
     try:
         report: dict[str, Any] = daily_trip_etl(run_date=day, **params)
         return report
@@ -45,6 +69,7 @@ def backfill(
     staging: str | None = None,
     warehouse: str | None = None,
     min_rows: int | None = None,
+    day_deployment: str | None = None,
 ) -> list[dict[str, Any]]:
     """Backfill a range of days.
 
@@ -58,6 +83,8 @@ def backfill(
         staging: Where stages hand each other Parquet.
         warehouse: The warehouse spec.
         min_rows: The fewest loaded rows that pass the min_rows check.
+        day_deployment: Run each day as a run of this deployment (e.g.
+            ``daily-trip-etl/backfill-day``: its own pods) instead of in this process.
     """
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
@@ -73,6 +100,7 @@ def backfill(
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         # Each day runs as a child flow run of this backfill (the context is copied per thread).
         futures = [
-            pool.submit(contextvars.copy_context().run, _one_day, day, params) for day in days
+            pool.submit(contextvars.copy_context().run, _one_day, day, params, day_deployment)
+            for day in days
         ]
         return [f.result() for f in futures]

@@ -20,6 +20,7 @@ from k8s.k8s_support import (
     ROOT,
     automations_of,
     deployments_by_name,
+    flow_name_of,
     load_template,
 )
 
@@ -54,6 +55,7 @@ def test_entry_points_are_real_flows_with_the_expected_names() -> None:
         "load": ("flows/stage_flows.py:load_stage", "tripflow-load"),
         "validate": ("flows/stage_flows.py:validate_stage", "tripflow-validate"),
         "region-30d": ("flows/downstream.py:downstream_refresh", "downstream-refresh"),
+        "backfill-day": ("flows/daily.py:daily_trip_etl", "daily-trip-etl"),
     }
     deployments = deployments_by_name()
     assert set(deployments) == set(names)
@@ -130,6 +132,13 @@ def test_backfill_runs_under_a_concurrency_limit() -> None:
     assert limit.grace_period_seconds is not None
     assert limit.grace_period_seconds >= jv["pod_watch_timeout_seconds"]
     assert backfill["parameters"]["concurrency"] >= 1
+    # Each day is a run of backfill-day (its own pods), capped by that deployment's own limit.
+    flow, name = backfill["parameters"]["day_deployment"].split("/")
+    day = deployments_by_name()[name]
+    assert flow_name_of(day["entrypoint"]) == flow == "daily-trip-etl"
+    day_limit = ConcurrencyLimitConfig.model_validate(day["concurrency_limit"])
+    assert day_limit.limit >= backfill["parameters"]["concurrency"]
+    assert day["parameters"] == {"stage_deployments": True} and not day.get("schedules")
 
 
 def _event(name: str, resource: dict[str, str], payload: dict[str, Any]) -> Any:

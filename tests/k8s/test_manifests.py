@@ -43,7 +43,9 @@ EXPECTED: dict[str, tuple[str, str, bool, int]] = {
     "transform": ("2", "8Gi", True, 7200),
     "load": ("500m", "512Mi", False, 3600),
     "validate": ("200m", "256Mi", False, 1800),
-    "backfill": ("4", "16Gi", True, 86400),
+    # Both only wait on other runs' pods (the days', the stages'): small, on-demand.
+    "backfill": ("250m", "512Mi", False, 86400),
+    "backfill-day": ("250m", "512Mi", False, 14400),
     "region-30d": ("250m", "512Mi", False, 1800),
 }
 

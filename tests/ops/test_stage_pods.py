@@ -47,6 +47,7 @@ async def _clean_up() -> None:
     for name in STAGE_DEPLOYMENTS.values():
         await remove_deployment_and_pool(name, POOL)
     await remove_deployment_and_pool(REFRESH, POOL)
+    await remove_deployment_and_pool("backfill/ops-backfill", POOL)
     await remove_deployment_and_pool(f"daily-trip-etl/{DAILY}", POOL)
 
 
@@ -214,3 +215,70 @@ def test_daily_run_dispatches_each_stage_to_its_own_deployment(
     assert summary["trip_count"].sum() == 10
     assert sorted(summary["region"]) == ["eu-west", "us-east", "us-west"]
     assert set(summary["days_covered"]) == {1}
+
+
+def test_backfill_fans_days_out_as_runs_of_the_day_deployment(
+    stage_pool: str, tmp_path: Path
+) -> None:
+    """Each day of the backfill is its own run of the day deployment (on Kubernetes: its own
+    pods); a failing day (2025-11-14 has no trips: min_rows fails) does not stop the other."""
+    warehouse = tmp_path / "warehouse.duckdb"
+    env = {"TRIPFLOW_PII_KEY_FILE": str(tmp_path / "pii.key")}
+    _deploy("flows/daily.py:daily_trip_etl", DAILY, env)
+    _deploy("flows/backfill.py:backfill", "ops-backfill", env)
+    done = prefect_cli(
+        "deployment",
+        "run",
+        "backfill/ops-backfill",
+        "--param",
+        "start=2025-11-14",
+        "--param",
+        "end=2025-11-15",
+        "--param",
+        "source=sample",
+        "--param",
+        f"staging={tmp_path / 'staging'}",
+        "--param",
+        f"warehouse=duckdb:{warehouse}",
+        "--param",
+        f"day_deployment=daily-trip-etl/{DAILY}",
+    )
+    backfill_id = uuid.UUID(done.stdout.split("UUID:")[1].split()[0])
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "3"],
+        cwd=tmp_path,
+        env={**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            run = asyncio.run(_flow_run(backfill_id))
+            if run.state is not None and run.state.is_final():
+                break
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline, "the backfill did not finish"
+            time.sleep(1)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+    assert run.state.name == "Completed", (tmp_path / "worker.log").read_text()[-5000:]
+    days = asyncio.run(_runs_of([f"daily-trip-etl/{DAILY}"]))[f"daily-trip-etl/{DAILY}"]
+    by_day = {r.parameters["run_date"]: r for r in days}
+    assert set(by_day) == {"2025-11-14", "2025-11-15"}
+    assert by_day["2025-11-15"].state.name == "Completed"
+    assert by_day["2025-11-14"].state.name == "Failed"
+    for child in days:
+        assert child.parent_task_run_id is not None
+        assert asyncio.run(_parent_flow_run_id(child.parent_task_run_id)) == backfill_id
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        rows = con.execute(
+            "SELECT run_date::VARCHAR, status FROM analytics.runs ORDER BY run_date"
+        ).fetchall()
+    assert rows == [("2025-11-14", "failed"), ("2025-11-15", "published")]
