@@ -33,6 +33,7 @@ run the same code on fakesnow, which patches ``snowflake.connector.connect``.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -56,6 +57,8 @@ from tasks.warehouses.base import (
 
 if TYPE_CHECKING:
     from tasks.warehouses.blocks import TripWarehouse
+
+log = logging.getLogger(__name__)
 
 
 class Cursor(Protocol):
@@ -277,6 +280,10 @@ SELECT %(run_id)s, %(run_date)s, %(status)s, %(source)s, %(source_fingerprint)s,
 FAILED_RUNS: Final = (
     "SELECT run_id FROM {schema}.runs WHERE run_date = %(run_date)s AND status = 'failed'"
 )
+#: Whether this run already published (a retried publish after its COMMIT does nothing).
+RUN_PUBLISHED: Final = (
+    "SELECT count(*) FROM {schema}.runs WHERE run_id = %(run_id)s AND status = 'published'"
+)
 PUBLISHED_ROWS: Final = "SELECT count(*) FROM {schema}.trips WHERE trip_date = %(run_date)s"
 RECENT_RUNS: Final = """
 SELECT run_id, run_date, status, source, rows_extracted, rows_quarantined, rows_loaded,
@@ -483,6 +490,11 @@ class SnowflakeWarehouse:
         day = {"run_date": run_date}
         with self.session() as cur:
             self._ensure_tables(cur)
+            run = {"run_id": ledger.run_id}
+            if int(_fetchone(cur, RUN_PUBLISHED.format(schema=self.schema), run, what="ledger")[0]):
+                # A retry after the COMMIT (the task died before returning): already published.
+                self._drop_quietly(cur, [suffix])
+                return
             for table, _, _ in PUBLISHED_TABLES:
                 names = {"schema": self.schema, "table": table, "suffix": suffix}
                 other = _fetchone(cur, OTHER_DAYS.format(**names), day, what=f"days of {table}")
@@ -519,10 +531,18 @@ class SnowflakeWarehouse:
                 _rollback(cur)
                 raise
             # After the commit (DDL would commit implicitly): the run's tables are published now.
-            self._drop_run_tables(cur, suffix)
-            for run in failed:
-                if run != ledger.run_id:
-                    self._drop_run_tables(cur, staging_suffix(run_date, run))
+            self._drop_quietly(
+                cur,
+                [suffix] + [staging_suffix(run_date, r) for r in failed if r != ledger.run_id],
+            )
+
+    def _drop_quietly(self, cur: Cursor, suffixes: list[str]) -> None:
+        """Drop runs' tables after a publish; a failure here must not fail a published day."""
+        for suffix in suffixes:
+            try:
+                self._drop_run_tables(cur, suffix)
+            except InfrastructureError as exc:
+                log.warning("%s: run tables *_%s left behind: %s", self.description, suffix, exc)
 
     def record_run(self, ledger: LedgerRow) -> None:
         with self.session() as cur:
