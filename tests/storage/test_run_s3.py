@@ -9,6 +9,8 @@ because its endpoint is the only way to the stand-in, not because moto verified 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,9 @@ import duckdb
 import pytest
 from helpers import tripflow
 from s3stand import DUMMY_KEYS, S3
+
+from tasks.faults import KILL_ENV
+from tasks.staging import STAGES
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 DAY = "2025-11-15"
@@ -140,3 +145,41 @@ def _runs_of(flow_run_id: str, task_name: str) -> int:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
         )
     return max(t.run_count for t in task_runs if t.task_key.startswith(task_name))
+
+
+def test_a_sigkill_mid_transform_leaves_staging_consistent_and_the_rerun_publishes_once(
+    s3: S3, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in DUMMY_KEYS:
+        monkeypatch.delenv(name, raising=False)
+    s3.make_bucket("tripflow-kill")
+    root = "s3://tripflow-kill/p"
+    env = NO_AMBIENT_AWS | DUMMY_KEYS | {"TRIPFLOW_STAGING_ENDPOINT_URL": s3.endpoint}
+
+    def synthetic(rows: int, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        args = ("run", "--date", DAY, "--rows", str(rows), "--staging", root, "--json")
+        return tripflow(*args, cwd=workdir, env=env | extra)
+
+    first = synthetic(2000, {})
+    assert first.returncode == 0, first.stderr[-2000:]
+    loaded = json.loads(first.stdout)["rows"]["loaded"]
+    # Killed after clean/ and quarantine/ were committed, before region_daily/ was written.
+    killed = synthetic(2100, {KILL_ENV: "transform"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert published(workdir) == loaded  # the day as it was
+    runs = {stage: _manifest(s3, stage)["run_id"] for stage in STAGES}
+    assert runs["clean"] == runs["quarantine"] != runs["region_daily"]  # told apart by manifests
+
+    again = synthetic(2100, {})
+    assert again.returncode == 0, again.stderr[-2000:]
+    report = json.loads(again.stdout)
+    assert published(workdir) == report["rows"]["loaded"] > loaded
+    assert {_manifest(s3, stage)["run_id"] for stage in STAGES} == {report["run_id"]}
+    parts = [k for k in s3.keys("tripflow-kill", "p/") if k.endswith(".parquet")]
+    assert len(parts) == len(STAGES)  # one write's parts per stage: the killed run's are gone
+
+
+def _manifest(s3: S3, stage: str) -> dict[str, Any]:
+    key = f"p/{stage}/date={DAY}/_manifest.json"
+    body = s3.client().get_object(Bucket="tripflow-kill", Key=key)["Body"].read()  # type: ignore[attr-defined]
+    return dict(json.loads(body))
