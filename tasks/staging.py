@@ -13,7 +13,8 @@ write into a local temporary folder (the pod's scratch); on success its parts ar
 prefix of their own, ``<stage>/date=D/run=<run_id>-<token>/part-*.parquet``, then
 ``<stage>/date=D/_manifest.json`` is written in one PUT (atomic: readers see the old manifest or the
 new one) listing them, then the previous parts are deleted. A crash before the manifest's PUT
-leaves the old day as it was (plus unlisted parts, removed by the next write). A reader trusts only
+leaves the old day as it was (plus unlisted parts, removed by the next write; runs of one day take
+turns, so no reader of the day is left reading deleted parts). A reader trusts only
 the files its manifest lists, checks their sizes, and downloads them into local scratch (checking
 their SHA-256) before Polars scans them: transform reads ``raw/`` several times, so one download
 beats several remote scans (``bench/STORAGE.md``).
