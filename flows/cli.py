@@ -49,9 +49,13 @@ FormatOpt = Annotated[
     str | None, typer.Option("--format", help="File column mapping: trips or nyc-tlc-yellow.")
 ]
 RowsOpt = Annotated[int | None, typer.Option("--rows", help="Synthetic trips per day.")]
-StagingOpt = Annotated[str | None, typer.Option("--staging", help="Staging folder or URL.")]
+StagingOpt = Annotated[
+    str | None,
+    typer.Option("--staging", help="Staging: a folder, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX."),
+]
 WarehouseOpt = Annotated[
-    str | None, typer.Option("--warehouse", help="Warehouse, e.g. duckdb:PATH.")
+    str | None,
+    typer.Option("--warehouse", help="duckdb:PATH, or block:NAME (a TripWarehouse block)."),
 ]
 MinRowsOpt = Annotated[int | None, typer.Option("--min-rows", help="Fewest rows to publish.")]
 #: Tags on every run started from the command line (the deployments set their own).
