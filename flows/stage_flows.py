@@ -21,9 +21,9 @@ from prefect import flow
 from tasks import stages
 from tasks.config import load_settings
 from tasks.errors import ChecksFailed, TripflowError
-from tasks.metrics import measure
+from tasks.metrics import StageMeasure, measure
 from tasks.stages import RunContext
-from tasks.warehouses import LoadResult
+from tasks.warehouses import LoadResult, Usage
 
 
 def _context(run_date: date, run_id: str, **overrides: Any) -> RunContext:
@@ -31,12 +31,12 @@ def _context(run_date: date, run_id: str, **overrides: Any) -> RunContext:
 
 
 @contextmanager
-def _recorded(ctx: RunContext, stage: str) -> Iterator[dict[str, Any]]:
+def _recorded(ctx: RunContext, stage: str) -> Iterator[tuple[dict[str, Any], StageMeasure]]:
     """Measure the stage; record its output (or its failure) in staging for the next stage."""
     record: dict[str, Any] = {}
     try:
         with measure(stage) as m:
-            yield record
+            yield record, m
     except TripflowError as exc:
         failure = {**exc.as_dict(), "failed": getattr(exc, "failed", None)}
         ctx.staging.put_record(ctx.run_id, f"{stage}-error", failure)
@@ -44,9 +44,9 @@ def _recorded(ctx: RunContext, stage: str) -> Iterator[dict[str, Any]]:
     ctx.staging.put_record(ctx.run_id, stage, {**record, "measure": m.as_dict()})
 
 
-def _stage(ctx: RunContext, stage: str, work: Callable[[], Any]) -> dict[str, Any]:
-    with _recorded(ctx, stage) as record:
-        record["output"] = asdict(work())
+def _stage(ctx: RunContext, stage: str, work: Callable[[Usage], Any]) -> dict[str, Any]:
+    with _recorded(ctx, stage) as (record, m):
+        record["output"] = asdict(work(m.warehouse))
     return dict(record["output"])
 
 
@@ -63,7 +63,7 @@ def extract_stage(
     ctx = _context(
         run_date, run_id, source=source, format=source_format, rows=rows, staging=staging
     )
-    return _stage(ctx, "extract", lambda: stages.extract(ctx))
+    return _stage(ctx, "extract", lambda _: stages.extract(ctx))
 
 
 @flow(name="tripflow-transform")
@@ -76,7 +76,7 @@ def transform_stage(
 ) -> dict[str, Any]:
     """``raw/`` to ``clean/``, ``quarantine/`` and ``region_daily/``."""
     ctx = _context(run_date, run_id, source=source, format=source_format, staging=staging)
-    return _stage(ctx, "transform", lambda: stages.transform(ctx))
+    return _stage(ctx, "transform", lambda _: stages.transform(ctx))
 
 
 @flow(name="tripflow-load")
@@ -85,7 +85,7 @@ def load_stage(
 ) -> dict[str, Any]:
     """Bulk-load the staged day into this run's own warehouse staging tables."""
     ctx = _context(run_date, run_id, staging=staging, warehouse=warehouse)
-    return _stage(ctx, "load", lambda: stages.load(ctx))
+    return _stage(ctx, "load", lambda usage: stages.load(ctx, usage))
 
 
 @flow(name="tripflow-validate")
@@ -101,8 +101,8 @@ def validate_stage(
 ) -> list[dict[str, Any]]:
     """Run the checks on this run's staging tables; fail if any check fails."""
     ctx = _context(run_date, run_id, staging=staging, warehouse=warehouse, min_rows=min_rows)
-    with _recorded(ctx, "validate") as record:
-        checks = stages.validate(ctx, extracted, quarantined, LoadResult(**loaded))
+    with _recorded(ctx, "validate") as (record, m):
+        checks = stages.validate(ctx, extracted, quarantined, LoadResult(**loaded), m.warehouse)
         record["output"] = [c.as_dict() for c in checks]
     failed = [c.name for c in checks if not c.passed]
     if failed:

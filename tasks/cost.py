@@ -67,7 +67,15 @@ def run_cost(
     warehouse_bytes_processed: int | None = None,
     warehouse_bytes_billed: int | None = None,
 ) -> dict[str, Any]:
-    """The run's cost report: per stage, bytes staged, warehouse bytes and an estimated total."""
+    """The run's cost report: per stage, bytes staged, warehouse bytes and an estimated total.
+
+    Warehouse bytes not given are the sum of what the stages' measures report (None when none
+    of them does: DuckDB, Redshift and Snowflake report no bytes)."""
+    stages = list(stages)
+    if warehouse_bytes_processed is None:
+        warehouse_bytes_processed = _sum_of(stages, "warehouse_bytes_processed")
+    if warehouse_bytes_billed is None:
+        warehouse_bytes_billed = _sum_of(stages, "warehouse_bytes_billed")
     per_stage = [stage_cost(m, settings) for m in stages]
     warehouse_usd = (
         0.0
@@ -92,6 +100,11 @@ def run_cost(
             "tb_scanned": settings.price_tb_scanned,
         },
     }
+
+
+def _sum_of(stages: list[Mapping[str, Any]], key: str) -> int | None:
+    values = [int(m[key]) for m in stages if m.get(key) is not None]
+    return sum(values) if values else None
 
 
 def _round_up(mib: float, step: int) -> int:

@@ -13,8 +13,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from tasks.warehouses.base import Usage
 
 Listener = Callable[[str, str, dict[str, object]], None]
 _listeners: list[Listener] = []
@@ -48,14 +50,21 @@ class StageMeasure:
     peak_rss_mb: float = 0.0
     method: str = "VmHWM"
     failed: bool = False
+    #: What the warehouse's queries in this stage processed and billed (where it reports bytes).
+    warehouse: Usage = field(default_factory=Usage)
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "name": self.name,
             "seconds": round(self.seconds, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "cpu_seconds": round(self.cpu_seconds, 3),
         }
+        if self.warehouse.bytes_processed is not None:
+            out["warehouse_bytes_processed"] = self.warehouse.bytes_processed
+        if self.warehouse.bytes_billed is not None:
+            out["warehouse_bytes_billed"] = self.warehouse.bytes_billed
+        return out
 
 
 def reset_peak_rss() -> bool:

@@ -8,6 +8,8 @@ its own process or pod and be retried alone. Prefect wrappers live in ``tasks.st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
@@ -33,7 +35,7 @@ from tasks.transforms import (
     with_duplicate_reason,
     with_rule_reasons,
 )
-from tasks.warehouses import LedgerRow, LoadResult, StagedFiles, make_warehouse
+from tasks.warehouses import LedgerRow, LoadResult, StagedFiles, Usage, Warehouse, make_warehouse
 
 QUARANTINE_EXAMPLES = 5
 
@@ -170,23 +172,40 @@ def _transformed(ctx: RunContext) -> tuple[StagedDataset, StagedDataset, StagedD
     return clean, quarantine, regions
 
 
-def load(ctx: RunContext) -> LoadResult:
+@contextmanager
+def _warehouse(ctx: RunContext, usage: Usage | None) -> Iterator[Warehouse]:
+    """The run's warehouse; what its queries processed and billed is added to ``usage``."""
+    warehouse = make_warehouse(ctx.settings.warehouse)
+    try:
+        yield warehouse
+    finally:
+        if usage is not None:
+            spent = warehouse.usage()
+            usage.add(spent.bytes_processed, spent.bytes_billed)
+
+
+def load(ctx: RunContext, usage: Usage | None = None) -> LoadResult:
     """Bulk-load the staged day into this run's own warehouse staging tables."""
     clean, quarantine, regions = _transformed(ctx)
-    warehouse = make_warehouse(ctx.settings.warehouse)
-    return warehouse.load(
-        ctx.run_date,
-        ctx.run_id,
-        StagedFiles(trips=clean.files, quarantine=quarantine.files, region_daily=regions.files),
-    )
+    with _warehouse(ctx, usage) as warehouse:
+        return warehouse.load(
+            ctx.run_date,
+            ctx.run_id,
+            StagedFiles(trips=clean.files, quarantine=quarantine.files, region_daily=regions.files),
+        )
 
 
 def validate(
-    ctx: RunContext, extracted: int, quarantined: int, loaded: LoadResult
+    ctx: RunContext,
+    extracted: int,
+    quarantined: int,
+    loaded: LoadResult,
+    usage: Usage | None = None,
 ) -> list[CheckResult]:
     """Run every check against this run's staging tables (nothing is published here)."""
     clean, _, _ = _transformed(ctx)
-    figures = make_warehouse(ctx.settings.warehouse).figures(ctx.run_date, loaded)
+    with _warehouse(ctx, usage) as warehouse:
+        figures = warehouse.figures(ctx.run_date, loaded)
     kill_point("validate")
     staged_sum = clean.manifest["checksums"].get("fare_usd_sum") or "0"
     return run_checks(
@@ -200,11 +219,13 @@ def validate(
     )
 
 
-def publish(ctx: RunContext, loaded: LoadResult, ledger: LedgerRow) -> int:
+def publish(
+    ctx: RunContext, loaded: LoadResult, ledger: LedgerRow, usage: Usage | None = None
+) -> int:
     """Replace the day in the published tables and write the ledger row, in one transaction."""
-    warehouse = make_warehouse(ctx.settings.warehouse)
-    warehouse.publish(ctx.run_date, loaded, ledger)
-    return warehouse.published_rows(ctx.run_date)
+    with _warehouse(ctx, usage) as warehouse:
+        warehouse.publish(ctx.run_date, loaded, ledger)
+        return warehouse.published_rows(ctx.run_date)
 
 
 def record_run(ctx: RunContext, ledger: LedgerRow) -> None:

@@ -79,7 +79,7 @@ def transform(ctx: RunContext) -> tuple[TransformOutput, dict[str, Any]]:
 @task(name="load", timeout_seconds=2 * 3600, **STAGE_TASK)
 def load(ctx: RunContext) -> tuple[LoadResult, dict[str, Any]]:
     with measure("load") as m:
-        out = stages.load(ctx)
+        out = stages.load(ctx, m.warehouse)
     return out, m.as_dict()
 
 
@@ -88,14 +88,14 @@ def validate(
     ctx: RunContext, extracted: int, quarantined: int, loaded: LoadResult
 ) -> tuple[list[CheckResult], dict[str, Any]]:
     with measure("validate") as m:
-        out = stages.validate(ctx, extracted, quarantined, loaded)
+        out = stages.validate(ctx, extracted, quarantined, loaded, m.warehouse)
     return out, m.as_dict()
 
 
 @task(name="publish", timeout_seconds=2 * 3600, **STAGE_TASK)
 def publish(ctx: RunContext, loaded: LoadResult, ledger: LedgerRow) -> tuple[int, dict[str, Any]]:
     with measure("publish") as m:
-        out = stages.publish(ctx, loaded, ledger)
+        out = stages.publish(ctx, loaded, ledger, m.warehouse)
     return out, m.as_dict()
 
 
@@ -222,7 +222,7 @@ def cost_markdown(data: dict[str, Any]) -> str:
         "",
         f"- bytes staged: {cost['bytes_staged']:,}",
         f"- warehouse bytes processed / billed: {cost['warehouse_bytes_processed']} / "
-        f"{cost['warehouse_bytes_billed']} (DuckDB reports none)",
+        f"{cost['warehouse_bytes_billed']} (None: this warehouse reports no bytes)",
         f"- estimated total: ${cost['total_usd']:.6f} (compute on-demand would be "
         f"${cost['compute_on_demand_usd']:.6f}); the seed's always-on pods: "
         f"${cost['seed_daily_usd']:,.2f} a day",

@@ -38,6 +38,41 @@ def test_run_cost_adds_warehouse_bytes_billed() -> None:
     assert cost["bytes_staged"] == 123
 
 
+def test_run_cost_sums_the_warehouse_bytes_each_stage_reported() -> None:
+    """Stages may run in different pods: each stage's measure carries its own queries' bytes."""
+    stages = [
+        {"name": "load", "seconds": 1, "peak_rss_mb": 1, "warehouse_bytes_processed": 10**12},
+        {
+            "name": "validate",
+            "seconds": 1,
+            "peak_rss_mb": 1,
+            "warehouse_bytes_processed": 3 * 10**11,
+            "warehouse_bytes_billed": 4 * 10**11,
+        },
+        {"name": "publish", "seconds": 1, "peak_rss_mb": 1, "warehouse_bytes_billed": 10**11},
+    ]
+    cost = run_cost(stages, SETTINGS, bytes_staged=0)
+    assert cost["warehouse_bytes_processed"] == 13 * 10**11
+    assert cost["warehouse_bytes_billed"] == 5 * 10**11
+    assert cost["warehouse_usd"] == pytest.approx(0.5 * 6.25)
+    # A warehouse that reports no bytes (DuckDB): None, not zero.
+    plain = run_cost([{"name": "load", "seconds": 1, "peak_rss_mb": 1}], SETTINGS, bytes_staged=0)
+    assert plain["warehouse_bytes_billed"] is None and plain["warehouse_usd"] == 0
+
+
+def test_stage_measure_carries_the_warehouse_usage() -> None:
+    from tasks.metrics import measure
+
+    with measure("load") as m:
+        m.warehouse.add(100, 200)
+        m.warehouse.add(None, 50)
+    assert m.as_dict()["warehouse_bytes_processed"] == 100
+    assert m.as_dict()["warehouse_bytes_billed"] == 250
+    with measure("load") as quiet:
+        pass
+    assert "warehouse_bytes_billed" not in quiet.as_dict()
+
+
 def test_recommend_rounds_up_with_headroom() -> None:
     recs = {r["stage"]: r for r in recommend({"extract": [300.0, 410.0], "load": [100.0]})}
     assert recs["extract"]["memory_request"] == "576Mi"  # 410 * 1.25 = 512.5 -> 576
