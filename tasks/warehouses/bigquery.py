@@ -54,7 +54,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from google.api_core.exceptions import GoogleAPIError, NotFound
+from google.auth.exceptions import GoogleAuthError
 from google.cloud import bigquery
+from requests import RequestException
 
 from tasks.errors import InfrastructureError, UsageError
 from tasks.warehouses.base import (
@@ -246,6 +248,12 @@ LIMIT @limit
 _PROJECT: Final = re.compile(r"^([a-z][a-z0-9.-]{0,60}:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 
 JOB_ID_PREFIX: Final = "tripflow_"
+#: How long one API call keeps retrying an unreachable or throttling service (the client's
+#: default is 10 minutes). A failed job is not re-run here (``job_retry=None``: the client's
+#: job retry ignores any deadline given to it): the stage's own retries re-run it.
+API_RETRY_S: Final = 120.0
+#: What an API call raises when BigQuery, the network or the token exchange fails.
+API_ERRORS: Final = (GoogleAPIError, GoogleAuthError, RequestException)
 
 
 def schema_fields(columns: Sequence[Column]) -> list[bigquery.SchemaField]:
@@ -287,6 +295,7 @@ class BigQueryWarehouse:
         location: str = "US",
         maximum_bytes_billed: int | None = None,
         statement_timeout_s: int = 3600,
+        api_retry_s: float = API_RETRY_S,
     ) -> None:
         if not _PROJECT.match(project):
             raise UsageError(f"not a GCP project id: {project!r}")
@@ -296,6 +305,7 @@ class BigQueryWarehouse:
         self.location = location
         self.maximum_bytes_billed = maximum_bytes_billed
         self.statement_timeout_s = statement_timeout_s
+        self.retry = bigquery.DEFAULT_RETRY.with_timeout(api_retry_s)
         self.description = f"bigquery:{project}.{dataset}"
         self._usage = Usage()
 
@@ -329,8 +339,10 @@ class BigQueryWarehouse:
                     dry_run=True, use_query_cache=False, query_parameters=parameters
                 ),
                 location=self.location,
+                retry=self.retry,
+                job_retry=None,
             )
-        except GoogleAPIError as exc:
+        except API_ERRORS as exc:
             raise InfrastructureError(f"BigQuery {purpose}: dry run failed: {exc}") from exc
         estimate = int(dry.total_bytes_processed or 0)
         limit = self.maximum_bytes_billed
@@ -349,16 +361,23 @@ class BigQueryWarehouse:
         job = None
         try:
             job = self.client.query(
-                sql, job_config=config, location=self.location, job_id_prefix=JOB_ID_PREFIX
+                sql,
+                job_config=config,
+                location=self.location,
+                job_id_prefix=JOB_ID_PREFIX,
+                retry=self.retry,
+                job_retry=None,
             )
-            rows = list(job.result(timeout=self.statement_timeout_s))
+            rows = list(
+                job.result(timeout=self.statement_timeout_s, retry=self.retry, job_retry=None)
+            )
         except FutureTimeout as exc:
             if job is not None:
                 self._cancel(job)
             raise InfrastructureError(
                 f"BigQuery {purpose}: no result after {self.statement_timeout_s}s (job cancelled)"
             ) from exc
-        except GoogleAPIError as exc:
+        except API_ERRORS as exc:
             raise InfrastructureError(f"BigQuery {purpose}: {exc}") from exc
         finally:
             if job is not None:
@@ -366,7 +385,7 @@ class BigQueryWarehouse:
         return rows
 
     def _cancel(self, job: bigquery.QueryJob | bigquery.LoadJob) -> None:
-        with contextlib.suppress(GoogleAPIError):  # the timeout is the error worth reporting
+        with contextlib.suppress(*API_ERRORS):  # the timeout is the error worth reporting
             job.cancel()
 
     def _load_config(self, columns: Sequence[Column], disposition: str) -> bigquery.LoadJobConfig:
@@ -387,13 +406,13 @@ class BigQueryWarehouse:
 
     def _wait(self, purpose: str, job: bigquery.LoadJob) -> int:
         try:
-            job.result(timeout=self.statement_timeout_s)
+            job.result(timeout=self.statement_timeout_s, retry=self.retry)
         except FutureTimeout as exc:
             self._cancel(job)
             raise InfrastructureError(
                 f"BigQuery {purpose}: no result after {self.statement_timeout_s}s (job cancelled)"
             ) from exc
-        except GoogleAPIError as exc:
+        except API_ERRORS as exc:
             raise InfrastructureError(f"BigQuery {purpose}: {exc}") from exc
         return int(job.output_rows or 0)
 
@@ -418,8 +437,9 @@ class BigQueryWarehouse:
                     job_config=self._load_config(columns, "WRITE_TRUNCATE"),
                     location=self.location,
                     job_id_prefix=JOB_ID_PREFIX,
+                    retry=self.retry,
                 )
-            except GoogleAPIError as exc:
+            except API_ERRORS as exc:
                 raise InfrastructureError(f"BigQuery {purpose}: {exc}") from exc
             return self._wait(purpose, job)
         if any("://" in f and not f.startswith("file://") for f in files):
@@ -442,7 +462,7 @@ class BigQueryWarehouse:
                     )
             except OSError as exc:
                 raise InfrastructureError(f"BigQuery {purpose}: cannot read {path}: {exc}") from exc
-            except GoogleAPIError as exc:
+            except API_ERRORS as exc:
                 raise InfrastructureError(f"BigQuery {purpose} from {path}: {exc}") from exc
             rows += self._wait(f"{purpose} from {path}", job)
         return rows
@@ -452,17 +472,17 @@ class BigQueryWarehouse:
     def ensure_dataset(self) -> None:
         """Create the dataset if missing (a dataset-level grant can read but not create it)."""
         try:
-            self.client.get_dataset(f"{self.project}.{self.dataset}")
+            self.client.get_dataset(f"{self.project}.{self.dataset}", retry=self.retry)
         except NotFound:
             dataset = bigquery.Dataset(f"{self.project}.{self.dataset}")
             dataset.location = self.location
             try:
-                self.client.create_dataset(dataset, exists_ok=True)
-            except GoogleAPIError as exc:
+                self.client.create_dataset(dataset, exists_ok=True, retry=self.retry)
+            except API_ERRORS as exc:
                 raise InfrastructureError(
                     f"BigQuery dataset {self.project}.{self.dataset}: cannot create: {exc}"
                 ) from exc
-        except GoogleAPIError as exc:
+        except API_ERRORS as exc:
             raise InfrastructureError(
                 f"BigQuery dataset {self.project}.{self.dataset}: {exc}"
             ) from exc
@@ -570,8 +590,10 @@ class BigQueryWarehouse:
         )
         # Published: the run's staging tables have served (failed runs' expire on their own).
         for table in [t for t, _, _ in PUBLISHED_TABLES] + [LEDGER_TABLE]:
-            with contextlib.suppress(GoogleAPIError):  # it expires anyway; the day is published
-                self.client.delete_table(self.table_id(f"{table}_{suffix}"), not_found_ok=True)
+            with contextlib.suppress(*API_ERRORS):  # it expires anyway; the day is published
+                self.client.delete_table(
+                    self.table_id(f"{table}_{suffix}"), not_found_ok=True, retry=self.retry
+                )
 
     def _load_ledger_row(self, table: str, ledger: LedgerRow, disposition: str) -> None:
         """One ledger row, loaded (not spliced into SQL): a load job of one JSON line."""
@@ -593,7 +615,7 @@ class BigQueryWarehouse:
                 location=self.location,
                 job_id_prefix=JOB_ID_PREFIX,
             )
-        except GoogleAPIError as exc:
+        except API_ERRORS as exc:
             raise InfrastructureError(f"BigQuery ledger row into {table}: {exc}") from exc
         self._wait(f"ledger row into {table}", job)
 
@@ -615,10 +637,10 @@ class BigQueryWarehouse:
 
     def recent_runs(self, limit: int) -> list[dict[str, Any]]:
         try:
-            self.client.get_table(self.table_id(LEDGER_TABLE))
+            self.client.get_table(self.table_id(LEDGER_TABLE), retry=self.retry)
         except NotFound:
             return []
-        except GoogleAPIError as exc:
+        except API_ERRORS as exc:
             raise InfrastructureError(f"BigQuery {self.table_id(LEDGER_TABLE)}: {exc}") from exc
         rows = [
             dict(r.items())

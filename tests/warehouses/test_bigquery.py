@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -566,3 +568,19 @@ def test_from_block_authenticates_with_the_gcp_credentials_block(standin: StandI
     assert api and {r.authorization for r in api} == {f"Bearer {STANDIN_TOKEN}"}
     key_body = "".join(private_pem.splitlines()[1:-1])
     assert all(key_body[:40] not in json.dumps(r.body) for r in standin.proxy.requests)
+
+
+def test_an_unreachable_bigquery_is_an_infrastructure_error(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = bigquery.Client(
+        project="tripflow-test",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options=ClientOptions(api_endpoint=f"http://127.0.0.1:{port}"),
+    )
+    wh = BigQueryWarehouse(client, project="tripflow-test", dataset="analytics", api_retry_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(InfrastructureError, match="BigQuery published rows: dry run failed"):
+        wh.published_rows(DAY)
+    assert time.monotonic() - started < 30
