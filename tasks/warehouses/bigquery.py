@@ -487,24 +487,34 @@ class BigQueryWarehouse:
                 f"BigQuery dataset {self.project}.{self.dataset}: {exc}"
             ) from exc
 
-    def ensure_ledger(self) -> None:
+    def create_missing(self, wanted: Sequence[tuple[str, str, Sequence[Column]]]) -> None:
+        """Run the ``CREATE TABLE IF NOT EXISTS`` of each (table, DDL, columns) not there yet
+        (one listing instead of two jobs per table on every run)."""
         self.ensure_dataset()
-        self.query(
-            f"creating {LEDGER_TABLE}",
-            CREATE_LEDGER.format(
-                table=self.sql_table(LEDGER_TABLE), columns=ddl_columns(RUNS_SCHEMA)
-            ),
-        )
+        try:
+            existing = {
+                t.table_id
+                for t in self.client.list_tables(f"{self.project}.{self.dataset}", retry=self.retry)
+            }
+        except API_ERRORS as exc:
+            raise InfrastructureError(
+                f"BigQuery dataset {self.project}.{self.dataset}: cannot list tables: {exc}"
+            ) from exc
+        for table, ddl, columns in wanted:
+            if table not in existing:
+                self.query(
+                    f"creating {table}",
+                    ddl.format(table=self.sql_table(table), columns=ddl_columns(columns)),
+                )
+
+    def ensure_ledger(self) -> None:
+        self.create_missing([(LEDGER_TABLE, CREATE_LEDGER, RUNS_SCHEMA)])
 
     def ensure_tables(self) -> None:
-        self.ensure_ledger()
-        for table, _, columns in PUBLISHED_TABLES:
-            self.query(
-                f"creating {table}",
-                CREATE_PUBLISHED_TABLE.format(
-                    table=self.sql_table(table), columns=ddl_columns(columns)
-                ),
-            )
+        self.create_missing(
+            [(LEDGER_TABLE, CREATE_LEDGER, RUNS_SCHEMA)]
+            + [(table, CREATE_PUBLISHED_TABLE, columns) for table, _, columns in PUBLISHED_TABLES]
+        )
 
     def load(self, run_date: date, run_id: str, files: StagedFiles) -> LoadResult:
         suffix = staging_suffix(run_date, run_id)

@@ -290,6 +290,9 @@ def test_republish_replaces_the_day_exactly_once(
         {"run_id": "run00002", "status": "published"},
         {"run_id": "run00003", "status": "published"},
     ]
+    # The published tables and the ledger were created once, by the first run.
+    created = [j for j in standin.proxy.jobs() if "CREATE TABLE IF NOT EXISTS" in str(j)]
+    assert len(created) == 4 * 2  # each: its dry run, then the DDL
     # The day after sees each published day once in its history (volume_7d's figures).
     later = Day(tmp_path / "d", DAY + timedelta(days=2), "run00004")
     loaded = warehouse.load(later.ctx.run_date, later.ctx.run_id, later.gcs_files(standin))
