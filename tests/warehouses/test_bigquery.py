@@ -495,6 +495,8 @@ def test_tripflow_run_on_a_bigquery_block(workdir: Path, tmp_path: Path, standin
         statement_timeout_s=300,
     ).save("bigquery-standin", overwrite=True)
     standin.proxy.reset()
+    # Stand-in figure: every finished query job reports 1 MiB processed and billed.
+    standin.proxy.billed = 2**20
     env = {
         "NO_GCE_CHECK": "True",  # no metadata server to ask for an identity here
         "GOOGLE_APPLICATION_CREDENTIALS": "",
@@ -524,6 +526,11 @@ def test_tripflow_run_on_a_bigquery_block(workdir: Path, tmp_path: Path, standin
     real = dry_run_first(jobs)  # stages may interleave their queries
     assert len(real) >= 12
     assert all(job["query"]["maximumBytesBilled"] == str(LIMIT) for job in real)
+    # The cost report sums what load, validate and publish's jobs reported (the report's own
+    # reading of the ledger is not a stage's).
+    stage_jobs = [j for j in real if "LIMIT @limit" not in j["query"]["query"]]
+    assert report["cost"]["warehouse_bytes_billed"] == len(stage_jobs) * 2**20
+    assert report["cost"]["warehouse_bytes_processed"] == len(stage_jobs) * 2**20
 
 
 def test_from_block_authenticates_with_the_gcp_credentials_block(standin: StandIn) -> None:
