@@ -24,6 +24,8 @@ What it does NOT model, and how the tests deal with it:
   (state DONE, statement type SCRIPT, 0 bytes or the stated estimate) and does not forward them;
 - OAuth: the proxy answers ``POST /token`` (a test service account's ``token_uri``) with a
   fixed access token without checking the JWT (the tests verify its signature themselves);
+- a slow job: ``hold`` makes the proxy report matching query jobs as RUNNING (and their results
+  as not complete) whatever the emulator says, so a test can reach a job timeout;
 - hive partitioning: it reads a ``date=...`` folder of a ``gs://`` path as a column (BigQuery
   does not without ``hivePartitioningOptions``), so the tests' GCS keys have no ``key=`` folders.
 
@@ -241,6 +243,9 @@ class Proxy:
     estimates: list[tuple[str, int]] = field(default_factory=list)
     #: Bytes processed and billed that a finished (non-dry-run) query job reports.
     billed: int | None = None
+    #: Query jobs whose SQL contains one of these texts are reported as still RUNNING, forever.
+    hold: list[str] = field(default_factory=list)
+    held_jobs: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def jobs(self) -> list[dict[str, Any]]:
@@ -254,6 +259,8 @@ class Proxy:
             self.requests.clear()
             self.estimates.clear()
             self.billed = None
+            self.hold.clear()
+            self.held_jobs.clear()
 
     def script_dry_run(self, body: Any, project: str) -> dict[str, Any] | None:
         """The answer to a dry run of a multi-statement script (never forwarded), else None."""
@@ -282,11 +289,21 @@ class Proxy:
 
     def patch(self, payload: Any) -> Any:
         """State the configured figures in a job resource the emulator answered with."""
-        if not isinstance(payload, dict) or payload.get("kind") != "bigquery#job":
+        if not isinstance(payload, dict):
+            return payload
+        job_id = (payload.get("jobReference") or {}).get("jobId")
+        if payload.get("kind") == "bigquery#getQueryResultsResponse" and job_id in self.held_jobs:
+            return {"kind": payload["kind"], "jobReference": payload["jobReference"],
+                    "jobComplete": False}  # fmt: skip
+        if payload.get("kind") != "bigquery#job":
             return payload
         config = payload.get("configuration") or {}
         query = (config.get("query") or {}).get("query")
         if not isinstance(query, str):
+            return payload
+        if not config.get("dryRun") and any(text in query for text in self.hold):
+            self.held_jobs.add(str(job_id))
+            payload["status"] = {"state": "RUNNING"}
             return payload
         stats = payload.setdefault("statistics", {})
         stats_query = stats.setdefault("query", {})

@@ -594,3 +594,22 @@ def test_an_unreachable_bigquery_is_an_infrastructure_error(tmp_path: Path) -> N
     with pytest.raises(InfrastructureError, match="BigQuery published rows: dry run failed"):
         wh.published_rows(DAY)
     assert time.monotonic() - started < 30
+
+
+def test_a_query_past_the_timeout_is_cancelled(
+    standin: StandIn, warehouse: BigQueryWarehouse
+) -> None:
+    warehouse.ensure_tables()
+    warehouse.statement_timeout_s = 2
+    standin.proxy.reset()
+    # Stand-in behaviour: the proxy reports this query's job as RUNNING, forever.
+    standin.proxy.hold.append("count(*) AS n FROM")
+    started = time.monotonic()
+    with pytest.raises(InfrastructureError, match=r"published rows: no result after 2s"):
+        warehouse.published_rows(DAY)
+    assert time.monotonic() - started < 30
+    (held,) = standin.proxy.held_jobs
+    cancels = [r.path for r in standin.proxy.requests if r.path.endswith("/cancel")]
+    assert cancels == [f"/bigquery/v2/projects/{standin.project}/jobs/{held}/cancel"]
+    (job,) = [j for j in standin.proxy.jobs() if "query" in j and not j.get("dryRun")]
+    assert job["jobTimeoutMs"] == "2000"  # BigQuery would stop it there on its own too
