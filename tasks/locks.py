@@ -4,7 +4,8 @@
   its whole life and released by the kernel if the process dies.
 - Object-store staging (runs in different pods): a Prefect global concurrency limit of 1 named
   ``tripflow-day-<bucket path hash>-<D>``, created on first use, held with a lease that Prefect
-  renews while the run lives and that expires if its pod dies.
+  renews while the run lives and that expires (60 s) if its pod dies: a re-run after a killed
+  run waits about a minute.
 
 Runs of different days never wait.
 """
@@ -24,8 +25,9 @@ from tasks.errors import InfrastructureError
 from tasks.storage import is_remote
 
 WAIT_SECONDS: Final = 6 * 3600.0
-#: Seconds a remote day lock's lease lasts without renewal (a dead pod frees it after this).
-LEASE_SECONDS: Final = 300.0
+#: Seconds a remote day lock's lease lasts without renewal: a killed pod's lock is freed after
+#: this (plus the server's lease sweep). Prefect's minimum; the holder renews it while it lives.
+LEASE_SECONDS: Final = 60.0
 
 
 @contextmanager
@@ -96,6 +98,8 @@ def _remote_day_lock(staging_root: str, run_date: date, wait_seconds: float) -> 
             timeout_seconds=wait_seconds,
             lease_duration=LEASE_SECONDS,
             strict=True,
+            # A missed renewal must not abort a run: publishing is atomic either way.
+            raise_on_lease_renewal_failure=False,
         ):
             yield time.monotonic() - started > 1.0
     except TimeoutError as exc:

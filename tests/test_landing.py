@@ -89,35 +89,29 @@ def test_land_emits_the_event_and_the_run_starts_from_the_landed_day(
     assert Staging(staging).read("raw", DAY).manifest["run_id"] == landed
 
 
+def _land(workdir: Path, staging: str) -> dict[str, Any]:
+    """``tripflow land`` of the sample day, without emitting; the event it would emit."""
+    done = tripflow(
+        "land",
+        "--date",
+        "2025-11-15",
+        "--source",
+        "sample",
+        "--staging",
+        staging,
+        "--no-emit",
+        "--json",
+        cwd=workdir,
+    )
+    assert done.returncode == 0, done.stderr
+    event: dict[str, Any] = json.loads(done.stdout)
+    return event
+
+
 def test_a_replaced_landing_is_extracted_again(workdir: Path) -> None:
     staging = str(workdir / "staging")
-    first = tripflow(
-        "land",
-        "--date",
-        "2025-11-15",
-        "--source",
-        "sample",
-        "--staging",
-        staging,
-        "--no-emit",
-        "--json",
-        cwd=workdir,
-    )
-    assert first.returncode == 0, first.stderr
-    landed = json.loads(first.stdout)["payload"]["landed_run_id"]
-    second = tripflow(
-        "land",
-        "--date",
-        "2025-11-15",
-        "--source",
-        "sample",
-        "--staging",
-        staging,
-        "--no-emit",
-        "--json",
-        cwd=workdir,
-    )
-    assert second.returncode == 0, second.stderr
+    landed = _land(workdir, staging)["payload"]["landed_run_id"]
+    _land(workdir, staging)  # a second landing replaces the raw day
     report = daily_trip_etl(run_date=DAY, source="sample", staging=staging, landed_run_id=landed)
     assert report["status"] == "published"
     names = _task_names(report["flow_run_id"])

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,39 @@ async def _parent_flow_run_id(task_run_id: uuid.UUID) -> uuid.UUID:
         return task_run.flow_run_id
 
 
+@contextmanager
+def _worker(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real process worker on the pool (polling every second), stopped afterwards."""
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "3"],
+        cwd=tmp_path,
+        env={**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield worker
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+
+
+def _until_final(flow_run_id: uuid.UUID, worker: subprocess.Popen[bytes], deadline: float) -> Any:
+    """The flow run once it reaches a final state (the worker must stay up meanwhile)."""
+    while True:
+        run = asyncio.run(_flow_run(flow_run_id))
+        if run.state is not None and run.state.is_final():
+            return run
+        assert worker.poll() is None, "the worker exited"
+        assert time.monotonic() < deadline, f"flow run {flow_run_id} did not finish"
+        time.sleep(1)
+
+
 def test_daily_run_dispatches_each_stage_to_its_own_deployment(
     stage_pool: str, tmp_path: Path
 ) -> None:
@@ -144,23 +178,9 @@ def test_daily_run_dispatches_each_stage_to_its_own_deployment(
         "--param",
         "stage_deployments=true",
     )
-    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "3"],
-        cwd=tmp_path,
-        env={**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 400
-        while True:
-            run = asyncio.run(_flow_run(flow_run_id))
-            if run.state is not None and run.state.is_final():
-                break
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
-            assert time.monotonic() < deadline, "the daily run did not finish"
-            time.sleep(1)
+    deadline = time.monotonic() + 400
+    with _worker(tmp_path) as worker:
+        run = _until_final(flow_run_id, worker, deadline)
         # Completed fires the downstream refresh's trigger: the worker runs that too.
         while run.state.is_completed():
             refreshes = asyncio.run(_runs_of([REFRESH]))[REFRESH]
@@ -168,13 +188,6 @@ def test_daily_run_dispatches_each_stage_to_its_own_deployment(
                 break
             assert time.monotonic() < deadline, "no downstream refresh ran"
             time.sleep(1)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
     worker_log = (tmp_path / "worker.log").read_text()
     assert run.state.name == "Completed", worker_log[-5000:]
 
@@ -244,30 +257,8 @@ def test_backfill_fans_days_out_as_runs_of_the_day_deployment(
         f"day_deployment=daily-trip-etl/{DAILY}",
     )
     backfill_id = uuid.UUID(done.stdout.split("UUID:")[1].split()[0])
-    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "3"],
-        cwd=tmp_path,
-        env={**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 400
-        while True:
-            run = asyncio.run(_flow_run(backfill_id))
-            if run.state is not None and run.state.is_final():
-                break
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
-            assert time.monotonic() < deadline, "the backfill did not finish"
-            time.sleep(1)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
+    with _worker(tmp_path) as worker:
+        run = _until_final(backfill_id, worker, time.monotonic() + 400)
     assert run.state.name == "Completed", (tmp_path / "worker.log").read_text()[-5000:]
     days = asyncio.run(_runs_of([f"daily-trip-etl/{DAILY}"]))[f"daily-trip-etl/{DAILY}"]
     by_day = {r.parameters["run_date"]: r for r in days}
