@@ -107,11 +107,16 @@ log "deployments from prefect.yaml"
 uv run prefect --no-prompt deploy --all
 
 log "one run: daily-trip-etl for $RUN_DATE on the seed's sample trips"
-# Sized down for a laptop (the deployment asks 2 CPUs / 8Gi for a full day of 8M trips).
-# Job variables parse as JSON: a quantity like "1" must be quoted to stay a string.
+# kind has no object storage: stages in their own pods need the shared staging bucket
+# (TRIPFLOW_STAGING) and a TripWarehouse block, so this run keeps every stage in its one pod,
+# with the pod's own staging folder and DuckDB file. Job variables parse as JSON: a quantity like
+# "1" must be quoted to stay a string.
 uv run prefect deployment run 'daily-trip-etl/daily-trip-etl' \
   --param run_date="$RUN_DATE" \
   --param source=sample \
+  --param stage_deployments=false \
+  --param staging=/home/tripflow/.tripflow/staging \
+  --param warehouse=duckdb:/home/tripflow/.tripflow/warehouse.duckdb \
   --job-variable cpu_request=250m \
   --job-variable 'cpu_limit="1"' \
   --job-variable memory_request=512Mi \
