@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final, Literal
 
+from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, REGION_DAILY_SCHEMA
 from tasks.errors import UsageError
-from tasks.warehouses.base import identifier
+from tasks.warehouses.base import LedgerRow, identifier
 
 Target = Literal["redshift", "postgres", "bigquery", "snowflake"]
 TARGETS: Final[tuple[Target, ...]] = ("redshift", "postgres", "bigquery", "snowflake")
@@ -119,70 +120,12 @@ class Declaration:
         raise UsageError(f"governance: no role {name!r} in the declaration")
 
 
-TRIPS_COLUMNS: Final = (
-    "trip_id",
-    "trip_date",
-    "pickup_ts",
-    "dropoff_ts",
-    "distance_km",
-    "fare_usd",
-    "region",
-    "rider_id",
-    "rider_email_hash",
-    "driver_id",
-    "payment_type",
-    "status",
-    "duration_min",
-    "fare_per_km",
-    "_run_id",
-    "_source_file",
-    "_source_row",
-)
-QUARANTINE_COLUMNS: Final = (
-    "trip_id",
-    "trip_date",
-    "pickup_ts",
-    "dropoff_ts",
-    "distance_km",
-    "fare_usd",
-    "region",
-    "rider_id",
-    "rider_email_hash",
-    "driver_id",
-    "payment_type",
-    "status",
-    "_source_file",
-    "_source_row",
-    "_pickup_given",
-    "reasons",
-    "_run_id",
-)
-REGION_DAILY_COLUMNS: Final = (
-    "trip_date",
-    "region",
-    "trip_count",
-    "total_distance_km",
-    "total_fare_usd",
-    "avg_fare_per_km",
-)
-RUNS_COLUMNS: Final = (
-    "run_id",
-    "run_date",
-    "status",
-    "source",
-    "source_fingerprint",
-    "format",
-    "code_version",
-    "pii_key_fingerprint",
-    "rows_extracted",
-    "rows_quarantined",
-    "rows_loaded",
-    "stages",
-    "checks",
-    "error",
-    "started_at",
-    "finished_at",
-)
+#: The published tables' columns, in their order: the contract's staged schemas (which every
+#: warehouse loads as they are) and the run ledger's fields.
+TRIPS_COLUMNS: Final = tuple(CLEAN_SCHEMA)
+QUARANTINE_COLUMNS: Final = tuple(QUARANTINE_SCHEMA)
+REGION_DAILY_COLUMNS: Final = tuple(REGION_DAILY_SCHEMA)
+RUNS_COLUMNS: Final = tuple(f.name for f in fields(LedgerRow))
 
 PUBLISHED: Final = ("trips", "trips_quarantine", "region_daily")
 _ANALYST_TABLES: Final = (
