@@ -159,9 +159,20 @@ def pii_key(settings: Settings) -> bytes:
         return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32).encode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
+    # Written whole under a private name, then linked into place: runs racing to create the key
+    # (a backfill's days, in threads) all end up with the one that was linked first, never a
+    # half-written file.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_bytes().strip()
+    finally:
+        tmp.unlink(missing_ok=True)
     return key
 
 
