@@ -13,8 +13,9 @@ day, so the day's range predicate has rows to skip. Then, each in its own proces
    warehouse (DuckDB), timed on a 50,000-row sample and EXTRAPOLATED to N rows;
 3. dlt (``sql_table``, its fastest backend, connectorx) loading the day into DuckDB;
 4. ``tripflow run --source postgres --date D --json`` end to end (extract, transform, load,
-   validate, publish) against a Prefect server the benchmark starts once (its start-up is not
-   counted; the run's own flow/task orchestration is).
+   validate, publish) against a Prefect server the benchmark starts once on a PostgreSQL database
+   of its own, as production servers run (its start-up is not counted; the run's own flow/task
+   orchestration is).
 
 Prints a table and the ratios, and writes ``bench/results/postgres.json``. A benchmark, not a test:
 nothing asserts a time. Run it alone: the machine has two cores.
@@ -207,10 +208,26 @@ def run_worker(name: str, day: date, env: dict[str, str], work: Path) -> dict[st
     return out
 
 
-def start_prefect(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_prefect(home: Path) -> tuple[subprocess.Popen[bytes], str, ThrowawayPostgres]:
+    """A Prefect server backed by its own throwaway PostgreSQL, as a production server is.
+
+    On its default SQLite database the server answers a task's first write after a few idle
+    seconds with 503 ("database is locked", PrefectHQ/prefect#18934) and the client waits 2 s
+    before retrying: about 2 s per stage of a long run that is not tripflow's to spend.
+    """
+    database = ThrowawayPostgres().start()
+    from psycopg.conninfo import conninfo_to_dict
+
+    p = conninfo_to_dict(database.dsn())
+    url = f"postgresql+asyncpg://{p['user']}:{p['password']}@{p['host']}:{p['port']}/{p['dbname']}"
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": url,
+    }
     proc = subprocess.Popen(
         [PY, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
@@ -222,10 +239,11 @@ def start_prefect(home: Path) -> tuple[subprocess.Popen[bytes], str]:
         try:
             with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
                 if response.status == 200:
-                    return proc, api
+                    return proc, api, database
         except OSError:
             time.sleep(0.5)
     proc.kill()
+    database.stop()
     raise SystemExit("the Prefect server did not start")
 
 
@@ -379,12 +397,13 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker](day, Path(args.work))))
         return
     prefect_home = Path(tempfile.mkdtemp(prefix="tripflow-pgbench-prefect-"))
-    prefect, api = start_prefect(prefect_home)
+    prefect, api, prefect_db = start_prefect(prefect_home)
     try:
         results = [bench_size(rows, day, api, prefect_home) for rows in args.rows]
     finally:
         prefect.terminate()
         prefect.wait(timeout=30)
+        prefect_db.stop()
         shutil.rmtree(prefect_home, ignore_errors=True)
     out = HERE / "results" / "postgres.json"
     out.parent.mkdir(exist_ok=True)

@@ -147,3 +147,37 @@ def test_report_command_lists_runs_draws_the_chart_and_recommends(workdir: Path)
     text = tripflow("report", "--recommend", cwd=workdir)
     assert text.returncode == 0
     assert "Right-sizing" in text.stderr and "memory request" in text.stderr
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_stage_starts_from_memory_the_stage_before_freed_not_its_high_water_mark() -> None:
+    """Freed heap that glibc keeps (under a live block at the top) is handed back at a stage's
+    start, so a stage sharing the process does not inherit the last one's peak."""
+    import ctypes
+
+    from tasks.metrics import measure
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    block = 64 << 10  # below glibc's mmap threshold: these live on the heap
+    blocks = [libc.malloc(block) for _ in range(3200)]  # 200 MB
+    for pointer in blocks:
+        libc.memset(pointer, 1, block)
+    keep = libc.malloc(block)  # a live block above the freed ones: no top-of-heap trim
+    libc.memset(keep, 1, block)
+    for pointer in blocks:
+        libc.free(pointer)
+    before = _rss_mb()
+    with measure("next-stage") as m:
+        pass
+    libc.free(keep)
+    assert before - _rss_mb() > 150, f"RSS {before:.0f} MB before, {_rss_mb():.0f} MB after"
+    assert m.peak_rss_mb < before - 150

@@ -55,6 +55,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tasks.contract import CONTRACT_COLUMNS
 from tasks.errors import InfrastructureError, SchemaError, UsageError
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
+from tasks.staging import PARQUET_WRITE
 from tasks.transforms import to_raw
 
 T = TypeVar("T")
@@ -501,7 +502,7 @@ class PostgresSource:
         def write_part(part: int, batches: list[pa.RecordBatch], first: int) -> None:
             frame = self._contract(batches, first, described)
             to_raw(frame, run_date, source_name, hash_email).sink_parquet(
-                out_dir / f"part-{part:05d}.parquet", compression="zstd"
+                out_dir / f"part-{part:05d}.parquet", **PARQUET_WRITE
             )
 
         def writer() -> None:
