@@ -16,6 +16,8 @@ from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import polars as pl
+
 from tasks.checks import CheckResult, run_checks
 from tasks.config import Settings, key_fingerprint, pii_key
 from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, REASONS
@@ -25,19 +27,22 @@ from tasks.sources import make_source
 from tasks.staging import PARQUET_WRITE, StagedDataset, Staging
 from tasks.transforms import (
     EmailHasher,
+    classified_rows,
     clean_trips,
     later_duplicates,
+    passing_rules,
     quality_warnings,
     quarantined_trips,
     reason_counts,
     region_daily,
     repeated_id_hashes,
-    with_duplicate_reason,
-    with_rule_reasons,
 )
 from tasks.warehouses import LedgerRow, LoadResult, StagedFiles, Usage, Warehouse, make_warehouse
 
 QUARANTINE_EXAMPLES = 5
+#: The most rows whose trip_id hashes are sorted at once to find repeats (~8 bytes each): a larger
+#: day is done in buckets of about this many, so the transform's peak does not grow with the day.
+REPEATED_ID_BUCKET_ROWS = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -116,23 +121,26 @@ def transform(ctx: RunContext) -> TransformOutput:
     raw = staging.read("raw", ctx.run_date)
     region_set = make_source(ctx.settings).region_set
     rows = raw.scan(RAW_SCHEMA)
-    # The repeated trip_ids are few: find them in two small passes, then stream every row past
-    # them, writing clean and quarantine one after the other (one pass each keeps memory flat;
-    # one scan feeding both sinks through ``pl.collect_all`` peaked 300 MB higher and ran slower).
-    flagged = with_rule_reasons(rows, region_set)
-    repeated = repeated_id_hashes(flagged).collect()
-    later = later_duplicates(flagged, repeated.lazy()).collect()
-    classified = with_duplicate_reason(flagged, later)
+    # The repeated trip_ids are few: find them in small passes over the rows that pass the rules,
+    # then stream every row past them, writing clean and quarantine one after the other (one
+    # pass each keeps memory flat; one scan feeding both sinks through ``pl.collect_all`` peaked
+    # 300 MB higher and ran slower).
+    passing = passing_rules(rows, region_set)
+    buckets = max(1, -(-raw.rows // REPEATED_ID_BUCKET_ROWS))
+    repeated = pl.concat(
+        [repeated_id_hashes(passing, buckets, b).collect() for b in range(buckets)]
+    )
+    later = later_duplicates(passing, repeated).collect()
     with (
         staging.write("clean", ctx.run_date, ctx.run_id) as clean_dir,
         staging.write("quarantine", ctx.run_date, ctx.run_id) as quarantine_dir,
     ):
-        clean_trips(classified, ctx.run_id).sink_parquet(
+        clean_trips(classified_rows(rows, region_set, later, valid=True), ctx.run_id).sink_parquet(
             clean_dir / "part-00000.parquet", **PARQUET_WRITE
         )
-        quarantined_trips(classified, ctx.run_id).sink_parquet(
-            quarantine_dir / "part-00000.parquet", **PARQUET_WRITE
-        )
+        quarantined_trips(
+            classified_rows(rows, region_set, later, valid=False), ctx.run_id
+        ).sink_parquet(quarantine_dir / "part-00000.parquet", **PARQUET_WRITE)
     clean = staging.read("clean", ctx.run_date)
     quarantine = staging.read("quarantine", ctx.run_date)
     kill_point("transform")  # clean and quarantine replaced, region_daily not yet

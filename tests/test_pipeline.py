@@ -274,3 +274,19 @@ def test_pii_key_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     assert first.extracted and second.extracted
     assert first.extracted.pii_key_fingerprint == second.extracted.pii_key_fingerprint
     assert key.read_text() not in json.dumps(first.as_dict())
+
+
+def test_a_day_larger_than_one_bucket_finds_the_same_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Repeated trip_ids of a large day are found bucket by bucket, with the same outcome."""
+    import tasks.stages
+
+    one = run_day(settings(tmp_path / "one", source="synthetic", rows=20_000))
+    monkeypatch.setattr(tasks.stages, "REPEATED_ID_BUCKET_ROWS", 1_000)
+    many = run_day(settings(tmp_path / "many", source="synthetic", rows=20_000))
+    assert one.rows["quarantined"] == many.rows["quarantined"]
+    reasons_one = one.as_dict()["quarantine_reasons"]
+    assert reasons_one["duplicate_trip_id"] > 0
+    assert many.as_dict()["quarantine_reasons"] == reasons_one
+    assert one.published_rows == many.published_rows

@@ -14,11 +14,15 @@ from tasks.contract import CLEAN_SCHEMA, CONTRACT_COLUMNS, QUARANTINE_SCHEMA, RA
 from tasks.formats import with_missing
 from tasks.transforms import (
     EmailHasher,
+    classified_rows,
     classify,
     clean_trips,
+    later_duplicates,
+    passing_rules,
     quarantined_trips,
     reason_counts,
     region_daily,
+    repeated_id_hashes,
     to_raw,
 )
 
@@ -234,3 +238,43 @@ def test_email_hasher_stays_correct_past_its_memo_limit() -> None:
         got = hasher(pl.Series(batch)).to_list()
         want = [hmac.new(key, v.encode(), hashlib.sha256).hexdigest()[:32] for v in batch]
         assert got == want
+
+
+def test_repeated_trip_ids_found_bucket_by_bucket_are_the_same_as_in_one_pass() -> None:
+    ids = [f"t{i % 37}" if i % 5 == 0 else f"u{i}" for i in range(400)]
+    frame = pl.LazyFrame({"trip_id": ids, "_reason_bits": [0] * 400}).with_columns(
+        pl.col("_reason_bits").cast(pl.UInt8)
+    )
+    whole = set(repeated_id_hashes(frame).collect()["_h"])
+    assert len(whole) == 37  # t0 .. t36, each more than once
+    buckets = [set(repeated_id_hashes(frame, 3, b).collect()["_h"]) for b in range(3)]
+    assert all(buckets), "every bucket has some of the 37 repeated ids"
+    assert set().union(*buckets) == whole
+    assert sum(len(b) for b in buckets) == len(whole)
+
+
+def test_the_stage_filters_on_the_scan_and_gets_what_classify_gets() -> None:
+    """The transform stage filters raw rows on the scan itself (``classified_rows``): the same
+    clean and quarantined rows, with the same reasons, as ``classify`` then a filter."""
+    rows = [
+        {
+            "trip_id": f"T{i % 9}",
+            "_source_file": "ab"[i % 2] + ".csv",
+            "_source_row": i,
+            "distance_km": float(i % 5),
+            "fare_usd": -1.0 if i % 11 == 0 else 2.0,
+            "region": "mars" if i % 13 == 0 else "us-east",
+        }
+        for i in range(60)
+    ]
+    frame = raw(rows)
+    regions = frozenset({"us-east"})
+    passing = passing_rules(frame, regions)
+    later = later_duplicates(passing, repeated_id_hashes(passing).collect()).collect()
+    assert later.height > 0
+    order = ("_source_file", "_source_row")
+    for valid, pick in ((True, clean_trips), (False, quarantined_trips)):
+        expected = pick(classify(frame, regions), "r").collect().sort(order)
+        got = pick(classified_rows(frame, regions, later, valid=valid), "r").collect().sort(order)
+        assert got.height > 0
+        assert got.equals(expected)
