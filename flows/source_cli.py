@@ -2,8 +2,9 @@
 
 ``tripflow source seed-postgres --date D --rows N`` fills a PostgreSQL table (default
 ``public.trips``) with N synthetic trips for day D, by ``COPY FROM STDIN``, and creates the table
-and its index on ``pickup_ts`` if needed. The DSN comes from ``TRIPFLOW_POSTGRES_DSN`` (never a
-flag, so it stays out of shell history and process lists).
+and its index on ``pickup_ts`` if needed. The DSN comes from configuration: the Prefect ``Secret``
+block ``postgres_dsn_block`` names, else ``TRIPFLOW_POSTGRES_DSN`` (never a flag, so it stays out of
+shell history and process lists).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def seed_postgres(
         bool,
         typer.Option(
             "--dsn-from-env",
-            help="Read the DSN from TRIPFLOW_POSTGRES_DSN (the only way; default).",
+            help="Read the DSN from configuration (postgres_dsn_block, else "
+            "TRIPFLOW_POSTGRES_DSN), never from the command line (default).",
         ),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -48,9 +50,12 @@ def seed_postgres(
 
     try:
         settings = load_settings()
-        dsn = postgres_dsn()
+        dsn = postgres_dsn(settings)
         if not dsn:
-            raise UsageError("seed-postgres needs TRIPFLOW_POSTGRES_DSN (a libpq DSN or URL)")
+            raise UsageError(
+                "seed-postgres needs a DSN: a Prefect Secret block named by postgres_dsn_block "
+                "(TRIPFLOW_POSTGRES_DSN_BLOCK), or TRIPFLOW_POSTGRES_DSN"
+            )
         if rows < 0:
             raise UsageError(f"--rows must be >= 0, got {rows}")
         name = table or settings.postgres_table

@@ -14,10 +14,10 @@ import secrets
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tasks.errors import UsageError
+from tasks.errors import InfrastructureError, UsageError
 
 CONFIG_FILE = "tripflow.toml"
 ENV_PREFIX = "TRIPFLOW_"
@@ -53,7 +53,9 @@ class Settings:
     synthetic_seed: int = 42
     #: ``--source postgres``: the table (SCHEMA.TABLE), contract->column renames
     #: (``CONTRACT=COLUMN``; ``CONTRACT=`` for none) and the server-side statement timeout.
-    #: The DSN is a secret: only ``TRIPFLOW_POSTGRES_DSN`` (``postgres_dsn``), never a setting.
+    #: The DSN is a secret, never a setting: it comes from the Prefect ``Secret`` block named
+    #: here, or (no block named) from ``TRIPFLOW_POSTGRES_DSN`` (``postgres_dsn``).
+    postgres_dsn_block: str = ""
     postgres_table: str = "public.trips"
     postgres_columns: tuple[str, ...] = ()
     postgres_statement_timeout_s: int = 3600
@@ -176,10 +178,34 @@ def pii_key(settings: Settings) -> bytes:
     return key
 
 
-def postgres_dsn(environ: dict[str, str] | None = None) -> str | None:
-    """The PostgreSQL source's DSN: ``TRIPFLOW_POSTGRES_DSN`` only (never TOML, flags or params)."""
+def postgres_dsn(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
+    """The PostgreSQL source's DSN: the Prefect ``Secret`` block ``postgres_dsn_block`` names,
+    else ``TRIPFLOW_POSTGRES_DSN``; never TOML values, flags or flow parameters."""
+    if settings.postgres_dsn_block:
+        return _secret_block(settings.postgres_dsn_block, "postgres_dsn_block")
     env = os.environ if environ is None else environ
     return env.get("TRIPFLOW_POSTGRES_DSN") or None
+
+
+def _secret_block(name: str, setting: str) -> str:
+    """The value of the Prefect ``Secret`` block ``name`` (loaded from the Prefect API)."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block = cast("Secret[Any]", Secret.load(name))
+    except ValueError:
+        raise UsageError(
+            f"{setting} {name!r}: no Secret block by that name; create it with "
+            f"`Secret(value=...).save({name!r})` (prefect.blocks.system)"
+        ) from None
+    except Exception as exc:  # the Prefect API unreachable: say so without the block's value
+        raise InfrastructureError(
+            f"{setting} {name!r}: cannot load the Secret block: {type(exc).__name__}"
+        ) from None
+    value = block.get()
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{setting} {name!r}: the Secret block holds no DSN string")
+    return value.strip()
 
 
 def kafka_credentials(environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -44,7 +44,7 @@ def make_source(settings: Settings) -> Source:
         from tasks.sources.postgres import PostgresSource
 
         return PostgresSource(
-            postgres_dsn(),
+            postgres_dsn(settings),
             table=spec.removeprefix("postgres").removeprefix(":") or settings.postgres_table,
             columns=settings.postgres_columns,
             timezone=settings.source_timezone,

@@ -1,8 +1,9 @@
 """PostgreSQL: one business day of a trips table, streamed in bounded memory into raw Parquet parts.
 
-``--source postgres`` (or ``postgres:SCHEMA.TABLE``) reads the DSN from ``TRIPFLOW_POSTGRES_DSN``
-only; the DSN and its password never appear in a description, fingerprint, log line or error (those
-name ``user@host:port/database`` and the table). Point it at a read replica: a day's scan is a
+``--source postgres`` (or ``postgres:SCHEMA.TABLE``) reads the DSN from the Prefect ``Secret`` block
+that ``postgres_dsn_block`` names, or else from ``TRIPFLOW_POSTGRES_DSN`` (``tasks.config``); the
+DSN and its password never appear in a description, fingerprint, log line or error (those name
+``user@host:port/database`` and the table). Point it at a read replica: a day's scan is a
 sequential read of the day's rows, which belongs on a replica, not the production primary.
 
 How a day is read:
@@ -150,7 +151,7 @@ class Target:
             params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
             # The message may quote the DSN: say only that it is malformed.
-            raise UsageError("TRIPFLOW_POSTGRES_DSN is not a valid PostgreSQL DSN") from None
+            raise UsageError("the PostgreSQL DSN is not a valid libpq DSN or URL") from None
         return cls(
             host=str(params.get("host") or params.get("hostaddr") or "localhost"),
             port=str(params.get("port") or "5432"),
@@ -282,7 +283,7 @@ class PostgresSource:
         self.chunk_rows = max(1, chunk_rows)
         self.retry_delays = tuple(retry_delays)
         self.target = Target.of(dsn) if dsn else None
-        where = str(self.target) if self.target else "(TRIPFLOW_POSTGRES_DSN not set)"
+        where = str(self.target) if self.target else "(no DSN configured)"
         self.description = f"postgres {where} table {self.schema}.{self.table}"
         #: The snapshot the last extract read (``pg_current_snapshot()``), for the fingerprint.
         self.snapshot: str | None = None
@@ -298,7 +299,10 @@ class PostgresSource:
 
     def _dsn_or_fail(self) -> str:
         if not self._dsn:
-            raise UsageError("--source postgres needs TRIPFLOW_POSTGRES_DSN (a libpq DSN or URL)")
+            raise UsageError(
+                "--source postgres needs a DSN: a Prefect Secret block named by "
+                "postgres_dsn_block (TRIPFLOW_POSTGRES_DSN_BLOCK), or TRIPFLOW_POSTGRES_DSN"
+            )
         return self._dsn
 
     # ---- the schema check -----------------------------------------------------------------

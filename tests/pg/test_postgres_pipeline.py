@@ -49,3 +49,37 @@ def test_run_source_postgres_publishes_the_day(pg: ThrowawayPostgres, workdir: P
             "SELECT count(*) FROM analytics.trips WHERE trip_date = DATE '2025-11-15'"
         ).fetchone()
     assert published == (report["rows"]["loaded"],)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_dsn_can_come_from_a_prefect_secret_block(pg: ThrowawayPostgres, workdir: Path) -> None:
+    """``postgres_dsn_block`` names a Prefect ``Secret`` block: the run reads its DSN from the
+    Prefect API (no DSN in the environment at all), and still prints no password."""
+    from prefect.blocks.system import Secret
+
+    seed(pg.dsn(), date(2025, 11, 15), 3_000, table="public.block_trips")
+    Secret(value=pg.dsn()).save("tripflow-pg-dsn", overwrite=True)
+    env = {
+        "TRIPFLOW_POSTGRES_DSN": "",
+        "TRIPFLOW_POSTGRES_DSN_BLOCK": "tripflow-pg-dsn",
+        "TRIPFLOW_POSTGRES_TABLE": "public.block_trips",
+    }
+    proc = tripflow(
+        "run", "--source", "postgres", "--date", "2025-11-15", "--json", cwd=workdir, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["status"] == "published" and report["rows"]["extracted"] == 3_000
+    assert PASSWORD not in proc.stdout and PASSWORD not in proc.stderr
+
+    missing = tripflow(
+        "run",
+        "--source",
+        "postgres",
+        "--date",
+        "2025-11-15",
+        cwd=workdir,
+        env={**env, "TRIPFLOW_POSTGRES_DSN_BLOCK": "no-such-dsn"},
+    )
+    assert missing.returncode == 2, missing.stderr[-3000:]
+    assert "postgres_dsn_block 'no-such-dsn': no Secret block" in missing.stderr
