@@ -13,16 +13,18 @@ otherwise each start from the last one's high-water mark (the ADBC reader's buff
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
+import functools
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from tasks.warehouses.base import Usage
 
@@ -75,16 +77,24 @@ class StageMeasure:
         return out
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return None if name is None else cast("Callable[[int], int]", ctypes.CDLL(name).malloc_trim)
+    except (OSError, AttributeError):
+        return None
+
+
 def release_memory() -> None:
     """Give memory the allocators cache back to the system (best effort; Linux glibc only)."""
-    with contextlib.suppress(ImportError):
-        import pyarrow
-
+    pyarrow = sys.modules.get("pyarrow")  # not loaded: its pool holds nothing
+    if pyarrow is not None:
         pyarrow.default_memory_pool().release_unused()
-    name = ctypes.util.find_library("c")
-    if name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def reset_peak_rss() -> bool:

@@ -170,23 +170,17 @@ def later_duplicates(flagged: pl.LazyFrame, repeated: pl.DataFrame | None = None
     )
 
 
-def is_later_duplicate(later: pl.DataFrame) -> pl.Expr:
-    """True for the rows ``later_duplicates`` found (matched by membership, not a join: ``later``
-    is small, one row per repeated trip, and the streaming pass over every row stays flat)."""
+def reason_bits(region_set: frozenset[str] | None, later: pl.DataFrame) -> pl.Expr:
+    """Every reason a raw row breaks, one bit each: the row rules, plus ``duplicate_trip_id`` for
+    the rows ``later_duplicates`` found (matched by membership, not a join: ``later`` is small,
+    one row per repeated trip, and the streaming pass over every row stays flat)."""
     keys = later.select(pl.struct("_source_file", "_source_row")).to_series()
-    return pl.col("_source_file").is_in(later["_source_file"].unique().implode()) & pl.struct(
+    is_later = pl.col("_source_file").is_in(later["_source_file"].unique().implode()) & pl.struct(
         "_source_file", "_source_row"
     ).is_in(keys.implode())
-
-
-def with_duplicate_reason(flagged: pl.LazyFrame, later: pl.DataFrame) -> pl.LazyFrame:
-    """Add the ``duplicate_trip_id`` bit to the rows ``later_duplicates`` found."""
+    bits = rule_bits(region_set)
     dup_bit = REASON_BITS["duplicate_trip_id"]
-    return flagged.with_columns(
-        _reason_bits=pl.when(is_later_duplicate(later))
-        .then(pl.col("_reason_bits") | dup_bit)
-        .otherwise(pl.col("_reason_bits"))
-    )
+    return pl.when(is_later).then(bits | dup_bit).otherwise(bits).cast(pl.UInt8)
 
 
 def classified_rows(
@@ -194,18 +188,12 @@ def classified_rows(
 ) -> pl.LazyFrame:
     """The raw rows that are valid (``valid``) or break a rule, with their ``_reason_bits``.
 
-    The same rows as ``with_duplicate_reason(with_rule_reasons(raw), later)`` filtered on the
-    bits, but the condition is a filter on ``raw`` itself, so a Parquet scan applies it while it
-    decodes: filtering a column added by ``with_columns`` made Polars 2.1 buffer the scan (the
-    quarantine pass of a 32M-trip day peaked at 1.4 GB; 0.6 GB this way).
+    The condition is a filter on ``raw`` itself, so a Parquet scan applies it while it decodes:
+    filtering a column added by ``with_columns`` made Polars 2.1 buffer the scan (the quarantine
+    pass of a 32M-trip day peaked at 1.4 GB; 0.6 GB this way).
     """
-    bits = rule_bits(region_set)
-    later_row = is_later_duplicate(later)
-    broken = (bits > 0) | later_row
-    dup_bit = REASON_BITS["duplicate_trip_id"]
-    return raw.filter(~broken if valid else broken).with_columns(
-        _reason_bits=pl.when(later_row).then(bits | dup_bit).otherwise(bits).cast(pl.UInt8)
-    )
+    bits = reason_bits(region_set, later)
+    return raw.filter(bits == 0 if valid else bits > 0).with_columns(_reason_bits=bits)
 
 
 def passing_rules(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> pl.LazyFrame:
@@ -228,8 +216,8 @@ def classify(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> pl.LazyFra
     The few repeated rows are found first (a small frame, collected here); the transform stage
     does the same in separate steps so that each pass over the day stays small.
     """
-    flagged = with_rule_reasons(raw, region_set)
-    return with_duplicate_reason(flagged, later_duplicates(flagged).collect())
+    later = later_duplicates(with_rule_reasons(raw, region_set)).collect()
+    return raw.with_columns(_reason_bits=reason_bits(region_set, later))
 
 
 def clean_trips(classified: pl.LazyFrame, run_id: str) -> pl.LazyFrame:
