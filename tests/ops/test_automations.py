@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -180,6 +179,20 @@ def _subject(post: Received) -> str:
     return str(post.body.get("subject", ""))
 
 
+async def _created_at(name: str) -> float:
+    """When the server created the automation ``name`` (its own clock: this machine's)."""
+    from datetime import datetime
+
+    from prefect import get_client
+
+    async with get_client() as client:
+        response = await client.request(
+            "POST", "/automations/filter", json={"automations": {"name": {"any_": [name]}}}
+        )
+    [found] = [a for a in response.json() if a["name"] == name]
+    return datetime.fromisoformat(found["created"]).timestamp()
+
+
 def test_time_to_detection(
     clean_automations: None, receiver: Receiver, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -201,7 +214,8 @@ def test_time_to_detection(
         "10s",
     )
     assert applied.returncode == 0, applied.stderr
-    applied_at = time.time()
+    # The stale window starts when the server created the automation (before the CLI returned).
+    applied_at = asyncio.run(_created_at(autos.STALE))
 
     # 1. A day fails its min_rows check (the sample has ~10k rows, not 1,000,000).
     done = tripflow(
