@@ -1,6 +1,8 @@
 """The failures tripflow tells apart, each with the exit code the CLI gives it.
 
 - ``SchemaError`` (exit 2): the input does not fit the trip contract; nothing is staged or loaded.
+  It names the file, column and row and never quotes the input cell (it could be an e-mail or a
+  secret): it carries a ``ValueDescription`` of it instead (``describe_value``).
 - ``ChecksFailed`` (exit 1): the day was loaded into its run's staging table but a check failed;
   nothing is published.
 - ``InfrastructureError`` (exit 3): a source, storage or warehouse failed after its retries.
@@ -8,8 +10,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 
 class TripflowError(Exception):
@@ -40,13 +43,52 @@ class UsageError(TripflowError):
     exit_code = 2
 
 
-@dataclass
-class SchemaProblem:
-    message: str
-    file: str | None = None
-    column: str | None = None
-    row: int | None = None
-    value: str | None = None
+#: The longest shape a description shows (longer ones are cut, and say so).
+SHAPE_LIMIT: Final = 24
+#: Hex characters of the keyed fingerprint in a description (32 bits: enough to find a row).
+FINGERPRINT_HEX_CHARS: Final = 8
+
+
+@dataclass(frozen=True)
+class ValueDescription:
+    """What an error may say about an input cell: never the cell, only ``describe_value``'s text.
+
+    A distinct type, so that passing a raw cell where a description is expected fails the type
+    check (``SchemaError(value=...)`` takes only this).
+    """
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def value_shape(text: str) -> str:
+    """The character classes of ``text``, runs collapsed: letters ``a``, digits ``9``, spaces
+    ``_``, other characters as they are: ``alice.smith@rider.example`` -> ``a.a@a.a``,
+    ``2,5`` -> ``9,9``, ``12 USD`` -> ``9_a``."""
+    out: list[str] = []
+    for char in text:
+        cls = "a" if char.isalpha() else "9" if char.isdigit() else "_" if char.isspace() else char
+        if not out or out[-1] != cls or cls not in "a9_":
+            out.append(cls)
+    shape = "".join(out)
+    return shape if len(shape) <= SHAPE_LIMIT else shape[: SHAPE_LIMIT - 1] + "…"
+
+
+def describe_value(value: Any, fingerprint: Callable[[str], str] | None = None) -> ValueDescription:
+    """A description of an input cell that does not quote it: its length, whether it holds an
+    ``@``, its shape (``value_shape``) and, with ``fingerprint`` (a keyed hash of the run's PII
+    key), the first ``FINGERPRINT_HEX_CHARS`` of that hash, so a user with the key can find the
+    row (``tasks.transforms.value_fingerprint``)."""
+    text = str(value)
+    parts = [f"text of {len(text)} character{'s' if len(text) != 1 else ''}"]
+    if "@" in text:
+        parts[0] += " containing '@'"
+    parts.append(f"shape {value_shape(text)!r}")
+    if fingerprint is not None:
+        parts.append(f"fingerprint {fingerprint(text)[:FINGERPRINT_HEX_CHARS]}")
+    return ValueDescription(", ".join(parts))
 
 
 class SchemaError(TripflowError):
@@ -62,7 +104,7 @@ class SchemaError(TripflowError):
         file: str | None = None,
         column: str | None = None,
         row: int | None = None,
-        value: Any = None,
+        value: ValueDescription | None = None,
     ) -> None:
         parts = [message]
         if file is not None:
@@ -72,12 +114,13 @@ class SchemaError(TripflowError):
         if row is not None:
             parts.append(f"row {row}")
         if value is not None:
-            parts.append(f"value {_short(value)!r}")
+            parts.append(f"value: {value.text}")
         super().__init__(parts[0] + (" (" + ", ".join(parts[1:]) + ")" if parts[1:] else ""))
         self.file = file
         self.column = column
         self.row = row
-        self.value = None if value is None else _short(value)
+        #: The description of the bad cell (``describe_value``), never the cell itself.
+        self.value = None if value is None else value.text
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,11 +149,6 @@ class ChecksFailed(TripflowError):
     def __init__(self, failed: list[str]) -> None:
         super().__init__("checks failed: " + ", ".join(failed) + " (nothing published)")
         self.failed = failed
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def error_from_dict(data: dict[str, Any]) -> TripflowError:

@@ -151,4 +151,5 @@ class RunReport:
             "warnings": tr.warnings if tr else {},
             "quarantine_examples": tr.examples if tr else [],
             "source_read": ext.source_read if ext else {},
+            "email_shaped_values": ext.email_shaped_values if ext else {},
         }

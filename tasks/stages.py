@@ -26,6 +26,7 @@ from tasks.faults import kill_point
 from tasks.sources import make_source
 from tasks.staging import PARQUET_WRITE, StagedDataset, Staging
 from tasks.transforms import (
+    CountingHasher,
     EmailHasher,
     classified_rows,
     clean_trips,
@@ -76,6 +77,8 @@ class ExtractOutput:
     checksums: dict[str, Any]
     #: What a record-oriented source says it read (e.g. Kafka offset ranges, late events).
     source_read: dict[str, Any] = field(default_factory=dict)
+    #: E-mail-shaped values found (and hashed) in text columns other than ``rider_email``.
+    email_shaped_values: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def extract(ctx: RunContext) -> ExtractOutput:
     """Read the day from the source into ``raw/`` (PII hashed before anything is written)."""
     source = make_source(ctx.settings)
     key = pii_key(ctx.settings)
-    hasher = EmailHasher(key)
+    hasher = CountingHasher(EmailHasher(key))
     with ctx.staging.write("raw", ctx.run_date, ctx.run_id) as folder:
         stats = source.extract(ctx.run_date, folder, hasher)
         kill_point("extract")  # parts written, manifest not yet
@@ -112,6 +115,7 @@ def extract(ctx: RunContext) -> ExtractOutput:
         pii_key_fingerprint=key_fingerprint(key),
         checksums=raw.manifest["checksums"],
         source_read=raw.manifest["checksums"].get("source_read") or {},
+        email_shaped_values=dict(hasher.email_shaped),
     )
 
 

@@ -7,6 +7,7 @@ is tested on tiny inline frames (``tests/test_transforms.py``).
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Final
@@ -15,6 +16,7 @@ import polars as pl
 
 from tasks.contract import (
     CLEAN_SCHEMA,
+    CONTRACT_COLUMNS,
     MONEY,
     QUARANTINE_SCHEMA,
     RAW_SCHEMA,
@@ -73,13 +75,91 @@ class EmailHasher:
         return joined.get_column("hash").alias(values.name)
 
 
+#: The text columns where a misaligned row or a wrong field can put an e-mail (every contract text
+#: column but ``rider_email``, which is always hashed): an e-mail-shaped value there is hashed too.
+EMAIL_SHAPED_COLUMNS: Final = tuple(
+    name
+    for name, dtype in CONTRACT_COLUMNS.items()
+    if dtype == pl.String() and name != "rider_email"
+)
+#: Something ``@`` something ``.`` a top-level domain of two letters or more, anywhere in the text
+#: (leading and trailing spaces and case do not matter).
+EMAIL_PATTERN: Final = r"[^\s@]+@[^\s@]+\.\p{L}{2,}"
+
+
+def email_shaped(column: str) -> pl.Expr:
+    """True where ``column`` holds an e-mail-shaped value (``EMAIL_PATTERN``); null stays null."""
+    return pl.col(column).cast(pl.String).str.contains(EMAIL_PATTERN)
+
+
+def hash_email_shaped(column: str, hash_email: Callable[[pl.Series], pl.Series]) -> pl.Expr:
+    """``column`` with each e-mail-shaped value replaced by ``hash_email`` of it (the same keyed
+    hash as ``rider_email_hash``), other values as they are.
+
+    Only the e-mail-shaped values reach ``hash_email`` (the rest are masked to null, which it
+    leaves null), and a batch without one skips it: a column of ordinary values costs one
+    regular-expression pass.
+    """
+    shaped = email_shaped(column)
+    emails = pl.when(shaped).then(pl.col(column).cast(pl.String)).alias(column)
+    hashed = emails.map_batches(_skip_all_null(hash_email), return_dtype=pl.String)
+    return pl.when(shaped).then(hashed).otherwise(pl.col(column)).alias(column)
+
+
+def _skip_all_null(
+    hash_email: Callable[[pl.Series], pl.Series],
+) -> Callable[[pl.Series], pl.Series]:
+    def run(values: pl.Series) -> pl.Series:
+        if values.null_count() == values.len():
+            return values.cast(pl.String)
+        return hash_email(values)
+
+    return run
+
+
+class CountingHasher:
+    """The run's e-mail hasher, called one batch at a time, counting what it hashes per column.
+
+    ``to_raw`` hands it ``rider_email`` and, masked to their e-mail-shaped values, the columns of
+    ``EMAIL_SHAPED_COLUMNS``; ``email_shaped`` counts the values hashed in each of those (the
+    quality report's ``email_shaped_values``). A lock keeps calls one at a time, whichever
+    thread Polars or a source's writer calls from (``EmailHasher`` serves one caller at a time).
+    """
+
+    def __init__(self, hash_email: Callable[[pl.Series], pl.Series]) -> None:
+        self._hash_email = hash_email
+        self._lock = threading.Lock()
+        self.email_shaped: dict[str, int] = dict.fromkeys(EMAIL_SHAPED_COLUMNS, 0)
+
+    def __call__(self, values: pl.Series) -> pl.Series:
+        with self._lock:
+            if values.name in self.email_shaped:
+                self.email_shaped[values.name] += values.len() - values.null_count()
+            return self._hash_email(values)
+
+
+def value_fingerprint(hash_email: Callable[[pl.Series], pl.Series]) -> Callable[[str], str]:
+    """The keyed fingerprint of an input cell that an error may show instead of the cell
+    (``tasks.errors.describe_value`` keeps its first characters): ``hash_email`` of the cell,
+    i.e. HMAC-SHA256 with the run's PII key of the trimmed, lower-cased text."""
+
+    def fingerprint(text: str) -> str:
+        return str(hash_email(pl.Series("value", [text], dtype=pl.String))[0] or "")
+
+    return fingerprint
+
+
 def to_raw(
     contract: pl.LazyFrame,
     run_date: date,
     source_file: str,
     hash_email: Callable[[pl.Series], pl.Series],
 ) -> pl.LazyFrame:
-    """The run's day of contract rows, PII replaced by its keyed hash, with lineage."""
+    """The run's day of contract rows, PII replaced by its keyed hash, with lineage.
+
+    ``rider_email`` becomes ``rider_email_hash``; an e-mail-shaped value in any other text column
+    (a misaligned row, a wrong field) is replaced by the same keyed hash (``hash_email_shaped``).
+    """
     return (
         contract.filter(pl.col("trip_date") == run_date)
         .with_columns(
@@ -88,6 +168,7 @@ def to_raw(
             .alias("rider_email_hash"),
             pl.lit(source_file, dtype=pl.String).alias("_source_file"),
         )
+        .with_columns(hash_email_shaped(name, hash_email) for name in EMAIL_SHAPED_COLUMNS)
         .select([pl.col(name).cast(dtype) for name, dtype in RAW_SCHEMA.items()])
     )
 

@@ -59,7 +59,7 @@ def test_missing_required_column_names_file_and_column(tmp_path: Path) -> None:
     assert "fare_usd" in str(err.value) and str(path) in str(err.value)
 
 
-def test_text_in_a_numeric_column_names_column_row_and_value(tmp_path: Path) -> None:
+def test_text_in_a_numeric_column_names_column_row_and_describes_the_value(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "t.csv",
@@ -68,7 +68,12 @@ def test_text_in_a_numeric_column_names_column_row_and_value(tmp_path: Path) -> 
     )
     with pytest.raises(SchemaError) as err:
         extract(path, tmp_path)
-    assert (err.value.column, err.value.row, err.value.value) == ("distance_km", 3, "oops")
+    assert (err.value.column, err.value.row) == ("distance_km", 3)
+    # The cell is described, not quoted: length, shape and the run's keyed fingerprint of it
+    # (the first 8 hex characters of its HMAC, as rider_email_hash would hash it).
+    fingerprint = EmailHasher(b"test-key")(pl.Series(["oops"]))[0][:8]
+    assert err.value.value == f"text of 4 characters, shape 'a', fingerprint {fingerprint}"
+    assert "oops" not in str(err.value)
     assert not list((tmp_path / "out").glob("*"))
 
 
@@ -78,17 +83,25 @@ def test_decimal_comma_is_a_schema_error(tmp_path: Path) -> None:
     )
     with pytest.raises(SchemaError) as err:
         extract(path, tmp_path)
-    assert (err.value.column, err.value.row, err.value.value) == ("fare_usd", 1, "12,5")
+    assert (err.value.column, err.value.row) == ("fare_usd", 1)
+    # The shape shows the decimal comma without quoting the cell.
+    assert err.value.value is not None
+    assert err.value.value.startswith("text of 4 characters, shape '9,9', fingerprint ")
 
 
-@pytest.mark.parametrize("value", ["NaN", "inf", "-inf", "1e300"])
-def test_non_finite_or_huge_numbers_are_schema_errors(tmp_path: Path, value: str) -> None:
+@pytest.mark.parametrize(
+    ("value", "shape"), [("NaN", "a"), ("inf", "a"), ("-inf", "-a"), ("1e300", "9a9")]
+)
+def test_non_finite_or_huge_numbers_are_schema_errors(
+    tmp_path: Path, value: str, shape: str
+) -> None:
     path = write(
         tmp_path, "t.csv", f"trip_id,date,distance_km,fare_usd,region\nA,2025-11-15,{value},1,x\n"
     )
     with pytest.raises(SchemaError) as err:
         extract(path, tmp_path)
-    assert err.value.column == "distance_km" and err.value.value == value
+    assert err.value.column == "distance_km" and err.value.value is not None
+    assert err.value.value.startswith(f"text of {len(value)} characters, shape {shape!r}, ")
 
 
 def test_bad_timestamp_is_a_schema_error(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Each file is checked before anything is written: its required columns must be there and every
 declared column must read as its kind; otherwise a ``SchemaError`` names the file, the column and
-the first bad row (1-based, not counting the header) with its value.
+the first bad row (1-based, not counting the header) and describes the bad value without quoting it
+(its length, shape and keyed fingerprint: ``tasks.errors.describe_value``).
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+from collections.abc import Callable
 from datetime import date
 from importlib import resources
 from pathlib import Path
 
 import polars as pl
 
-from tasks.errors import SchemaError, UsageError
+from tasks.errors import SchemaError, UsageError, describe_value
 from tasks.formats import TRIPS, FormatContext, SourceFormat, schema_probe, type_columns
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
 from tasks.staging import PARQUET_WRITE
-from tasks.transforms import day_attribution, to_raw
+from tasks.transforms import day_attribution, to_raw, value_fingerprint
 
 DATA = resources.files("tasks") / "data"
 
@@ -76,8 +78,14 @@ class FileSource:
             digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
         return digest.hexdigest()[:16]
 
-    def contract_frame(self, path: str) -> pl.LazyFrame:
-        """Check one file against the format and map it onto the contract (lazily)."""
+    def contract_frame(
+        self, path: str, fingerprint: Callable[[str], str] | None = None
+    ) -> pl.LazyFrame:
+        """Check one file against the format and map it onto the contract (lazily).
+
+        A bad value is described, never quoted; ``fingerprint`` (the run's keyed hash) adds a
+        fingerprint of it to the description.
+        """
         try:
             lf = _scan(path)
             file_columns = [c for c in lf.collect_schema().names() if c != "_source_row"]
@@ -105,7 +113,7 @@ class FileSource:
                     file=path,
                     column=_original(renames, spec.name),
                     row=int(probe[row_col][0]),
-                    value=probe[f"{spec.name}__value"][0],
+                    value=describe_value(probe[f"{spec.name}__value"][0], fingerprint),
                 )
         typed = type_columns(lf, self.format, schema, self.timezone)
         refs = {name: reference_table(name) for name in self.format.references}
@@ -114,7 +122,8 @@ class FileSource:
     def extract(self, run_date: date, out_dir: Path, hash_email: HashEmail) -> ExtractStats:
         # Check every file before writing any, so a bad file stages nothing.
         paths = self.paths()
-        frames = [(path, self.contract_frame(path)) for path in paths]
+        fingerprint = value_fingerprint(hash_email)
+        frames = [(path, self.contract_frame(path, fingerprint)) for path in paths]
         stats = EMPTY_STATS
         for index, (path, contract) in enumerate(frames):
             counts = day_attribution(contract, run_date).collect().row(0, named=True)
