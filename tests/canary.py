@@ -103,3 +103,11 @@ def leaks(
         lowered = text.lower()
         found += [f"{canary!r} in {where}" for canary in canaries if canary.lower() in lowered]
     return found
+
+
+def assert_nowhere(
+    canaries: list[str], proc: subprocess.CompletedProcess[str], workdir: Path
+) -> None:
+    """Fail, listing every place, if one of ``canaries`` appears anywhere (``leaks``)."""
+    found = leaks(canaries, proc, workdir)
+    assert not found, "canary found:\n" + "\n".join(found)

@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from canary import leaks
+from canary import assert_nowhere
 from helpers import tripflow
 
 from tasks.errors import UsageError
@@ -99,7 +99,7 @@ def test_canary_shifted_into_a_numeric_column_is_described_not_quoted(workdir: P
     )
     proc = _run(workdir, csv)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert leaks([email, CANARY_KEY], proc, workdir) == []
+    assert_nowhere([email, CANARY_KEY], proc, workdir)
     error = json.loads(proc.stdout)["error"]
     # Still useful: the file, the column, the row, and what is wrong with the value.
     assert (error["kind"], error["file"], error["column"], error["row"]) == (
@@ -132,7 +132,7 @@ def test_canary_in_a_parquet_numeric_column_is_described_not_quoted(workdir: Pat
     ).write_parquet(path)
     proc = _run(workdir, path)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert leaks([email, CANARY_KEY], proc, workdir) == []
+    assert_nowhere([email, CANARY_KEY], proc, workdir)
     error = json.loads(proc.stdout)["error"]
     assert (error["column"], error["row"]) == ("fare_usd", 7)
     assert error["value"].startswith(f"text of {len(email)} characters containing '@'")
@@ -159,7 +159,7 @@ def test_canary_shifted_into_text_columns_is_hashed_everywhere(workdir: Path) ->
     )
     proc = _run(workdir, csv)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert leaks([email, CANARY_KEY], proc, workdir) == []
+    assert_nowhere([email, CANARY_KEY], proc, workdir)
     report = json.loads(proc.stdout)
     assert report["rows"] == {"extracted": 43, "quarantined": 1, "loaded": 42}
     assert report["quality"]["email_shaped_values"] == {
