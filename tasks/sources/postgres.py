@@ -54,10 +54,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tasks.contract import CONTRACT_COLUMNS
-from tasks.errors import InfrastructureError, SchemaError, UsageError
+from tasks.errors import InfrastructureError, SchemaError, UsageError, describe_value
+from tasks.formats import MAX_ABS_NUMBER
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
 from tasks.staging import PARQUET_WRITE
-from tasks.transforms import to_raw
+from tasks.transforms import to_raw, value_fingerprint
 
 T = TypeVar("T")
 
@@ -429,6 +430,39 @@ class PostgresSource:
             )
         )
 
+    def _check_numbers(
+        self, frame: pl.LazyFrame, described: list[_Column], fingerprint: Callable[[str], str]
+    ) -> None:
+        """A number that is not finite or is 10^12 or more in magnitude (``NaN``, ``Infinity``,
+        which ``numeric`` and ``double precision`` hold) cannot be read as the contract's number,
+        as in a file: a ``SchemaError`` naming the table, the column and the row (its position in
+        the day's read), describing the value without quoting it."""
+        mapped = [c for c in described if c.contract in NUMBER_COLUMNS and c.column is not None]
+        if not mapped:
+            return
+        bad = {
+            c.contract: pl.col(c.contract).is_not_null()
+            & ~(pl.col(c.contract).is_finite() & (pl.col(c.contract).abs() < MAX_ABS_NUMBER))
+            for c in mapped
+        }
+        probe = frame.select(
+            *[pl.col("_source_row").filter(b).first().alias(f"{n}__row") for n, b in bad.items()],
+            *[
+                pl.col(n).cast(pl.String).filter(b).first().alias(f"{n}__value")
+                for n, b in bad.items()
+            ],
+        ).collect()
+        for col in mapped:
+            row = probe[f"{col.contract}__row"][0]
+            if row is not None:
+                raise SchemaError(
+                    "a value cannot be read as float",
+                    file=f"PostgreSQL {self.target} table {self.schema}.{self.table}",
+                    column=col.column,
+                    row=int(row),
+                    value=describe_value(probe[f"{col.contract}__value"][0], fingerprint),
+                )
+
     def extract(self, run_date: date, out_dir: Path, hash_email: HashEmail) -> ExtractStats:
         dsn = self._dsn_or_fail()
         source_name = f"postgres:{self.target}/{self.schema}.{self.table}"
@@ -503,8 +537,11 @@ class PostgresSource:
         room = threading.Semaphore(1)
         failure: list[BaseException] = []
 
+        fingerprint = value_fingerprint(hash_email)
+
         def write_part(part: int, batches: list[pa.RecordBatch], first: int) -> None:
             frame = self._contract(batches, first, described)
+            self._check_numbers(frame, described, fingerprint)
             to_raw(frame, run_date, source_name, hash_email).sink_parquet(
                 out_dir / f"part-{part:05d}.parquet", **PARQUET_WRITE
             )

@@ -223,6 +223,32 @@ def test_missing_or_retyped_column_is_a_schema_error_naming_it(
     assert info.value.column == "fare_usd" and "text" in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "description"),
+    [
+        ("fare_usd", "'NaN'::numeric", "text of 3 characters, shape 'a'"),
+        ("distance_km", "1e13", "text of 16 characters, shape '9.9'"),
+    ],
+)
+def test_a_number_the_contract_cannot_hold_is_a_schema_error_that_describes_it(
+    pg: ThrowawayPostgres, table: str, tmp_path: Path, column: str, value: str, description: str
+) -> None:
+    """NaN (which ``numeric`` holds) or a magnitude of 10^12 or more fails as in a file: the
+    error names the table, the column and the row, and describes the value without quoting it
+    (before, a NaN fare reached the transform, whose cast to money failed quoting it)."""
+    create(pg, table)
+    start = datetime(2025, 11, 15, 8, tzinfo=ZoneInfo("UTC"))
+    insert(pg, table, [(f"t{i}", start + timedelta(minutes=i)) for i in range(3)])
+    pg.psql_local(f"UPDATE {table} SET {column} = {value} WHERE trip_id = 't2'")
+    with pytest.raises(SchemaError) as info:
+        source(pg, table).extract(DAY, tmp_path, EmailHasher(KEY))
+    assert (info.value.column, info.value.row) == (column, 3)
+    assert info.value.file is not None and table in info.value.file
+    assert info.value.value is not None
+    assert info.value.value.startswith(description + ", fingerprint "), info.value.value
+    assert "NaN" not in info.value.message and "10000000000000" not in info.value.message
+
+
 def test_identifiers_are_validated(pg: ThrowawayPostgres) -> None:
     for bad in ("trips; DROP TABLE x", "a.b.c", 'public."trips"', "1trips"):
         with pytest.raises(UsageError):
