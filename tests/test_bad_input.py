@@ -93,6 +93,10 @@ CASES: dict[str, Case] = {
     "csv decimal comma": Case(
         csv('B,2025-11-15 08:00:00,,"2,5",1,us-east,,,'), schema=("distance_km", 1)
     ),
+    "csv row with more fields than the header": Case(
+        csv(*good_rows(3), "B,2025-11-15 08:00:00,,1,1,us-east,b@x.org,card,completed,extra@x.org"),
+        schema=(None, None),
+    ),
     "csv empty file": Case(raw_bytes(b""), schema=(None, None)),
     "csv header only": Case(csv(), schema=(None, None)),
     "csv huge value": Case(csv("B,2025-11-15 08:00:00,,1,1e20,us-east,,,"), schema=("fare_usd", 1)),

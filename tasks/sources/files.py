@@ -131,10 +131,22 @@ class FileSource:
                 counts["total"], counts["on_day"], counts["other_days"], counts["unattributed"], 1
             )
             if counts["on_day"]:
-                to_raw(contract, run_date, path, hash_email).sink_parquet(
-                    out_dir / f"part-{index:05d}.parquet", **PARQUET_WRITE
-                )
+                try:
+                    to_raw(contract, run_date, path, hash_email).sink_parquet(
+                        out_dir / f"part-{index:05d}.parquet", **PARQUET_WRITE
+                    )
+                except pl.exceptions.ComputeError as exc:
+                    raise _unreadable(path, exc) from exc
         return stats
+
+
+def _unreadable(path: str, exc: pl.exceptions.ComputeError) -> SchemaError:
+    """A file the reader refuses only once every column is read: a CSV row with more fields than
+    the header (a misaligned row) passes the checks, which read fewer columns, and fails here.
+    The reader names no row; its message quotes no value."""
+    if "more fields than defined" in str(exc):
+        return SchemaError("a row has more fields than the header (a misaligned row)", file=path)
+    return SchemaError(f"cannot read the file: {exc}", file=path)
 
 
 def _original(renames: dict[str, str], name: str) -> str:
