@@ -106,6 +106,8 @@ class SchemaError(TripflowError):
         row: int | None = None,
         value: ValueDescription | None = None,
     ) -> None:
+        if value is not None and not isinstance(value, ValueDescription):
+            raise TypeError("SchemaError(value=...) takes a describe_value(...), never a cell")
         parts = [message]
         if file is not None:
             parts.append(f"file {file}")

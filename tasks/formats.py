@@ -179,7 +179,9 @@ def type_columns(lf: pl.LazyFrame, fmt: SourceFormat, schema: pl.Schema, tz: str
 
 
 def schema_probe(lf: pl.LazyFrame, fmt: SourceFormat, schema: pl.Schema, tz: str) -> pl.LazyFrame:
-    """One row: for each present column, the first bad row number and its value (or nulls)."""
+    """One row: for each present column, the first bad row number and its value (or nulls).
+
+    The value is only for ``tasks.errors.describe_value``: an error never quotes it."""
     typed = [
         e.name.suffix("__typed")
         for spec in fmt.columns

@@ -34,8 +34,10 @@ How a day D is read
   holds a value of the wrong JSON type (an object, a list, a boolean, a number for a timestamp) or
   a value that cannot be read as its kind becomes a raw row with ``_pickup_given`` null, which the
   transform quarantines as ``bad_record``, with its partition (``_source_file``) and offset
-  (``_source_row``). It keeps the values that could be read (the e-mail hashed, as always); its
-  day is its pickup day if that was readable, else the day of its broker timestamp.
+  (``_source_row``). It keeps the values that could be read (the e-mail hashed, as always, and an
+  e-mail-shaped value in any other text field too: ``tasks.transforms.to_raw``); its day is its
+  pickup day if that was readable, else the day of its broker timestamp. Nothing about a bad
+  message is logged but counts: its content never reaches a log line or an error.
 - **Bounded memory.** At most ``chunk_rows`` (100,000) decoded messages are held; each chunk is
   typed, hashed and written straight to a Parquet part (``part-PPPPP-NNNNN.parquet``).
 - When the read finds events of D inside a Prefect run, a ``tripflow.kafka.day-found`` event names
