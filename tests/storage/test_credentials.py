@@ -3,9 +3,9 @@ session's real Prefect server, or the ambient identity.
 
 The options built here are used against the stand-ins in ``test_run_remote.py``: moto's S3 server
 for Amazon S3 (``s3stand``; through an ``AwsCredentials`` block too) and fake-gcs-server for Google
-Cloud Storage (``gcsstand``; anonymously, as ``STORAGE_EMULATOR_HOST`` asks). Neither checks
-credentials, and a ``GcpCredentials`` block's service account cannot get a token offline, so for
-GCS blocks these tests check the gcsfs arguments (the ``token`` the block maps to) only.
+Cloud Storage (``gcsstand``; anonymously, as ``STORAGE_EMULATOR_HOST`` asks, and through a
+``GcpCredentials`` block whose key a stand-in token endpoint verifies). Neither store checks
+credentials; these tests check which arguments each choice becomes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from gcsstand import service_account
 
 from tasks.config import load_settings
 from tasks.errors import InfrastructureError, UsageError
@@ -23,29 +24,6 @@ from tasks.staging import Staging
 from tasks.storage import filesystem, gcs_options, s3_options
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-def service_account() -> dict[str, str]:
-    """A service account's JSON as Google issues it, with a key generated here (unknown to Google:
-    prefect-gcp parses the key when the block is built, so it must be a well-formed one)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode("ascii")
-    return {
-        "type": "service_account",
-        "project_id": "tripflow-test",
-        "private_key_id": "0123456789abcdef",
-        "private_key": pem,
-        "client_email": "staging@tripflow-test.iam.gserviceaccount.com",
-        "client_id": "1234567890",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
 
 
 def unique(prefix: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from gcsstand import GCS, TokenEndpoint, service_account
 from helpers import tripflow
 from s3stand import DUMMY_KEYS, NO_AMBIENT_AWS, S3
 from stores import Store
@@ -119,6 +120,36 @@ def test_a_run_through_an_aws_credentials_block(
     assert out["status"] == "published" and published(workdir) == 10
     assert "p/clean/date=2025-11-15/_manifest.json" in s3.keys("tripflow-block", "p/")
     assert DUMMY_KEYS["AWS_SECRET_ACCESS_KEY"] not in logs
+
+
+def test_a_run_through_a_gcp_credentials_block(
+    gcs: GCS, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_gcp import GcpCredentials
+
+    env = env_for(gcs, monkeypatch)
+    gcs.make_bucket("tripflow-gcp-block")
+    tokens = TokenEndpoint()  # the account's token_uri: the only place its key can be used
+    try:
+        account = service_account(token_uri=tokens.url)
+        tokens.trust(account)
+        name = f"staging-{uuid.uuid4().hex[:8]}"
+        GcpCredentials(service_account_info=account).save(name)
+        # The emulator would take no credentials at all: the named block wins over that.
+        env |= {"TRIPFLOW_STAGING_CREDENTIALS_BLOCK": name}
+        code, out, logs = run_json(workdir, env, "--staging", "gs://tripflow-gcp-block/p")
+    finally:
+        tokens.stop()
+    assert code == 0, logs
+    assert out["status"] == "published" and published(workdir) == 10
+    assert "p/clean/date=2025-11-15/_manifest.json" in gcs.keys("tripflow-gcp-block", "p/")
+    # tripflow signed token requests with the block's key, for read-write storage access.
+    assert tokens.claims and tokens.refused == 0
+    assert {(c["iss"], c["scope"]) for c in tokens.claims} == {
+        (account["client_email"], "https://www.googleapis.com/auth/devstorage.full_control")
+    }
+    key_body = account["private_key"].splitlines()[1]
+    assert key_body not in logs and TokenEndpoint.ACCESS_TOKEN not in logs
 
 
 def test_a_refused_write_fails_the_run_and_publishes_nothing(
