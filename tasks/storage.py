@@ -6,6 +6,8 @@ a named prefect-aws ``AwsCredentials`` or prefect-gcp ``GcpCredentials`` block
 (``staging_credentials_block``) or, with no block, from the ambient identity: botocore's default
 chain for S3 (environment, IRSA web-identity token on EKS, instance profile) and Google's
 application-default credentials for GCS (Workload Identity on GKE). No key file, no secret setting.
+With ``STORAGE_EMULATOR_HOST`` set (Google's switch for a GCS emulator), no block means anonymous,
+as google-cloud-storage does: the emulator checks no credentials, and none are sent to it.
 
 Every storage failure becomes an ``InfrastructureError`` naming the URL (never a credential), so the
 stage tasks' retries apply. Below those, botocore retries throttling and 5xx answers with backoff.
@@ -13,6 +15,7 @@ stage tasks' retries apply. Below those, botocore retries throttling and 5xx ans
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +34,9 @@ SCHEMES: Final = {"s3": "AwsCredentials", "gs": "GcpCredentials", "gcs": "GcpCre
 S3_RETRIES: Final = {"max_attempts": 5, "mode": "standard"}
 #: GCS: the metadata cache is off (another pod's writes must be seen at once).
 GCS_NO_CACHE: Final = 0
+#: Google's environment variable naming a GCS emulator (gcsfs and google-cloud-storage send every
+#: request there when it is set); "" and "default" mean none, as in gcsfs.
+GCS_EMULATOR_ENV: Final = "STORAGE_EMULATOR_HOST"
 
 
 def is_remote(root: str) -> bool:
@@ -86,7 +92,10 @@ def filesystem(
     with _LOCK:
         fs = _BUILT.get(key)
         if fs is None:
-            fs = _build(location.scheme, credentials_block, endpoint_url)
+            # gcsfs resolves its credentials here (Google's default chain, a key): a failure is
+            # the store's, not tripflow's.
+            with translated(location.url, "connect"):
+                fs = _build(location.scheme, credentials_block, endpoint_url)
             _BUILT[key] = fs
         _BY_ROOT[location.url] = fs
     return fs
@@ -116,9 +125,15 @@ def _build(scheme: str, credentials_block: str, endpoint_url: str) -> AbstractFi
         import s3fs
 
         return s3fs.S3FileSystem(**s3_options(credentials_block, endpoint_url))
-    import gcsfs
+    # gcsfs's JSON-API filesystem, by its class: ``gcsfs.GCSFileSystem`` is, unless
+    # GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set before gcsfs was first imported, its
+    # experimental zonal/HNS subclass, which first asks the Storage Control gRPC API for each
+    # bucket's layout, retries that for 60 s where the API cannot be reached (an emulator, a
+    # private endpoint, egress without gRPC) and, the answer unknown, asks again on every call.
+    # Staging needs plain object reads, writes, lists and deletes: the JSON API serves them all.
+    from gcsfs.core import GCSFileSystem
 
-    return gcsfs.GCSFileSystem(**gcs_options(credentials_block, endpoint_url))
+    return GCSFileSystem(**gcs_options(credentials_block, endpoint_url))
 
 
 def s3_options(credentials_block: str = "", endpoint_url: str = "") -> dict[str, Any]:
@@ -160,8 +175,11 @@ def s3_options(credentials_block: str = "", endpoint_url: str = "") -> dict[str,
 
 def gcs_options(credentials_block: str = "", endpoint_url: str = "") -> dict[str, Any]:
     """gcsfs arguments: the ``GcpCredentials`` block's service account, else Google's default
-    credentials (Workload Identity on GKE, ``gcloud auth application-default`` on a laptop)."""
-    options: dict[str, Any] = {"token": "google_default", "cache_timeout": GCS_NO_CACHE}
+    credentials (Workload Identity on GKE, ``gcloud auth application-default`` on a laptop), or
+    none at all (``anon``) when ``STORAGE_EMULATOR_HOST`` names an emulator."""
+    emulator = os.environ.get(GCS_EMULATOR_ENV, "") not in ("", "default")
+    token = "anon" if emulator else "google_default"
+    options: dict[str, Any] = {"token": token, "cache_timeout": GCS_NO_CACHE}
     if credentials_block:
         block = _load_block("GcpCredentials", credentials_block)
         if block.service_account_info is not None:

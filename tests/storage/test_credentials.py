@@ -1,9 +1,11 @@
 """Which credentials the storage layer picks: prefect-aws / prefect-gcp blocks saved on the
 session's real Prefect server, or the ambient identity.
 
-For S3 the options built here are used against moto's S3 server (a stand-in for Amazon S3, see
-``s3stand``) in ``test_run_s3.py``. For GCS there is no local stand-in: these tests check the
-``gs://`` paths and the gcsfs arguments (the ``token`` the block maps to) and never talk to GCS.
+The options built here are used against the stand-ins in ``test_run_remote.py``: moto's S3 server
+for Amazon S3 (``s3stand``; through an ``AwsCredentials`` block too) and fake-gcs-server for Google
+Cloud Storage (``gcsstand``; anonymously, as ``STORAGE_EMULATOR_HOST`` asks, and through a
+``GcpCredentials`` block whose key a stand-in token endpoint verifies). Neither store checks
+credentials; these tests check which arguments each choice becomes.
 """
 
 from __future__ import annotations
@@ -14,43 +16,22 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from gcsstand import service_account
 
 from tasks.config import load_settings
-from tasks.errors import UsageError
+from tasks.errors import InfrastructureError, UsageError
 from tasks.staging import Staging
-from tasks.storage import gcs_options, s3_options
+from tasks.storage import filesystem, gcs_options, s3_options
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-def service_account() -> dict[str, str]:
-    """A service account's JSON as Google issues it, with a key generated here (unknown to Google:
-    prefect-gcp parses the key when the block is built, so it must be a well-formed one)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode("ascii")
-    return {
-        "type": "service_account",
-        "project_id": "tripflow-test",
-        "private_key_id": "0123456789abcdef",
-        "private_key": pem,
-        "client_email": "staging@tripflow-test.iam.gserviceaccount.com",
-        "client_id": "1234567890",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def test_no_block_means_the_ambient_identity() -> None:
+def test_no_block_means_the_ambient_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     # botocore's default chain (env, IRSA's web-identity token, instance profile): no keys given.
     options = s3_options()
     assert not {"key", "secret", "token", "profile"} & set(options)
@@ -59,6 +40,46 @@ def test_no_block_means_the_ambient_identity() -> None:
     # Google's application-default credentials (Workload Identity on GKE): no key file.
     assert gcs_options()["token"] == "google_default"
     assert s3_options(endpoint_url="http://minio:9000")["endpoint_url"] == "http://minio:9000"
+
+
+def test_a_gcs_emulator_gets_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As google-cloud-storage does: STORAGE_EMULATOR_HOST and no credentials named = anonymous
+    # (nothing to fall back on, and no token of the pod's is sent to the emulator).
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")
+    assert gcs_options()["token"] == "anon"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "default")  # gcsfs: "default" means unset
+    assert gcs_options()["token"] == "google_default"
+
+
+def test_a_named_block_wins_over_the_emulator_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect_gcp import GcpCredentials
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")
+    account = service_account()
+    name = unique("gcp-emulated")
+    GcpCredentials(service_account_info=account).save(name)
+    assert gcs_options(name)["token"] == account
+
+
+def test_gs_roots_use_gcsfs_json_api_filesystem(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not gcsfs's default class (its experimental zonal/HNS subclass), which asks a gRPC API for
+    # each bucket's layout and waits out 60 s of retries where that API is unreachable.
+    from gcsfs.core import GCSFileSystem
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")
+    fs = filesystem(f"gs://{unique('class')}/p", "", "http://127.0.0.1:4443")
+    assert type(fs) is GCSFileSystem
+
+
+def test_missing_google_credentials_are_an_infrastructure_error_naming_the_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/adc.json")
+    root = f"gs://{unique('no-identity')}/p"
+    # An endpoint of its own, so no filesystem built by an earlier test is reused.
+    with pytest.raises(InfrastructureError, match=f"staging {root}: cannot connect"):
+        filesystem(root, "", "http://127.0.0.1:9")
 
 
 def test_an_aws_credentials_block_gives_its_keys_region_and_endpoint() -> None:
