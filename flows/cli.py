@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ from flows import render
 from flows.governance_cli import governance_app
 from flows.land_cli import land
 from flows.ops_cli import ops_app
+from flows.server_cli import server_app
 from flows.source_cli import source_app
 from flows.terminal import command_group, console
 from tasks.errors import TripflowError
@@ -91,6 +93,39 @@ def _progress(event: str, stage: str, info: dict[str, object]) -> None:
         )
 
 
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[None]:
+    """Runs go to the local background server (started on first use), unless Prefect's settings
+    name a server (``PREFECT_API_URL`` in the environment, profile or ``prefect.toml``) or
+    ``TRIPFLOW_LOCAL_SERVER=0`` (then Prefect's temporary server, as before)."""
+    from flows import local_server
+
+    if local_server.disabled_reason() is not None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        yield
+        return
+    try:
+        decision = local_server.ensure(settings.home)
+    except local_server.ServerError as exc:
+        console.print(f"[yellow]warning:[/] {exc}; this run uses Prefect's temporary server")
+        yield
+        return
+    state = decision.state
+    if decision.reason != "running":
+        console.print(
+            f"Started the local Prefect server in the background: UI {state.url} "
+            "(`tripflow server status`, `tripflow server stop`)"
+        )
+    os.environ["PREFECT_API_URL"] = state.api_url  # for any process this one starts
+    with temporary_settings({PREFECT_API_URL: state.api_url}):
+        yield
+
+
 def _settings_overrides(**values: Any) -> dict[str, Any]:
     from tasks.config import load_settings
 
@@ -122,8 +157,10 @@ def run(
     error: TripflowError | None = None
     add_listener(_progress)
     stdout = sys.stdout
+    api = contextlib.ExitStack()
     try:
         with contextlib.redirect_stdout(sys.stderr):
+            api.enter_context(_prefect_api())
             params = _settings_overrides(
                 source=source,
                 format=source_format,
@@ -149,11 +186,12 @@ def run(
         console.print_exception()
     finally:
         remove_listener(_progress)
-    if as_json:
-        stdout.write(json.dumps(report, default=str) + "\n")
-        stdout.flush()
-    else:
-        render.run_summary(console, report, error)
+    with api:
+        if as_json:
+            stdout.write(json.dumps(report, default=str) + "\n")
+            stdout.flush()
+        else:
+            render.run_summary(console, report, error)
     raise typer.Exit(code)
 
 
@@ -195,8 +233,10 @@ def backfill(
 ) -> None:
     """Run one flow run per day from --start to --end; exit 1 if any day failed."""
     stdout = sys.stdout
+    api = contextlib.ExitStack()
     try:
         with contextlib.redirect_stdout(sys.stderr):
+            api.enter_context(_prefect_api())
             params = _settings_overrides(
                 source=source,
                 format=source_format,
@@ -215,8 +255,10 @@ def backfill(
                     start=start.date(), end=end.date(), concurrency=concurrency, **params
                 )
     except TripflowError as exc:
+        api.close()
         console.print(f"[bold red]error:[/] {exc.message}")
         raise typer.Exit(exc.exit_code) from None
+    api.close()
     failed = [d for d in days if d.get("status") != "published"]
     if as_json:
         stdout.write(json.dumps({"days": days, "failed": [d["run_date"] for d in failed]}) + "\n")
@@ -262,6 +304,7 @@ app.command()(land)
 app.add_typer(source_app, name="source")
 app.add_typer(ops_app, name="automations")
 app.add_typer(governance_app, name="governance")
+app.add_typer(server_app, name="server")
 
 if __name__ == "__main__":
     app()
