@@ -32,7 +32,6 @@ from flows.server_cli import server_app
 from flows.source_cli import source_app
 from flows.terminal import command_group, console
 from tasks.errors import TripflowError
-from tasks.metrics import add_listener, remove_listener
 
 app = command_group("tripflow: a day of trips from source to warehouse, published exactly once.")
 
@@ -155,6 +154,8 @@ def run(
     report: dict[str, Any] = {}
     code = 0
     error: TripflowError | None = None
+    from tasks.metrics import add_listener, remove_listener
+
     add_listener(_progress)
     stdout = sys.stdout
     api = contextlib.ExitStack()
