@@ -159,12 +159,18 @@ def healthy(state: ServerState, timeout: float = 2.0) -> bool:
 
 
 def server_version(state: ServerState, timeout: float = 2.0) -> str | None:
-    """The Prefect version the running server reports (``/api/admin/version``)."""
+    """The Prefect version the running server reports (``/api/admin/version``); None when it
+    does not answer (yet)."""
     body = _get(f"{state.api_url}/admin/version", timeout)
     try:
         return None if body is None else str(json.loads(body))
     except ValueError:
         return None
+
+
+#: How long a recorded server may take to answer before it counts as not answering (a busy
+#: machine can be slow; a wrong verdict would stop a healthy server).
+ANSWER_TIMEOUT = 10.0
 
 
 # --- the lock, ports, starting and stopping ----------------------------------------------------
@@ -276,36 +282,27 @@ def _decide(home: Path) -> Decision:
     if state is not None:
         if not is_server_process(state.pid):
             reason = "stale-pid" if _pid_alive(state.pid) else "died"
-        elif healthy(state):
-            running = server_version(state)
+        else:
+            running = server_version(state, ANSWER_TIMEOUT)
+            if running is None and time.time() - state.started_at < START_TIMEOUT:
+                # Another call started it moments ago: wait for it rather than start a second one.
+                if _wait_ready(state, deadline=state.started_at + START_TIMEOUT):
+                    running = server_version(state, ANSWER_TIMEOUT)
             if running == installed_version():
                 return Decision(state, "running")
-            reason = "upgrade"
-            _terminate(state.pid)
-        elif time.time() - state.started_at < START_TIMEOUT:
-            # Another call started it moments ago: wait for it rather than start a second one.
-            if _wait_ready(state, deadline=state.started_at + START_TIMEOUT):
-                if server_version(state) == installed_version():
-                    return Decision(state, "running")
-                reason = "upgrade"
-            else:
-                reason = "not-answering"
-            _terminate(state.pid)
-        else:
-            reason = "not-answering"
+            reason = "not-answering" if running is None else "upgrade"
             _terminate(state.pid)
         _forget(home, state)
     return Decision(_spawn(home, _choose_port()), reason)
 
 
 def _pid_alive(pid: int) -> bool:
+    """True when a process with this pid runs (a zombie, dead but not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _wait_ready(state: ServerState, deadline: float) -> bool:
@@ -380,6 +377,7 @@ class Status:
 def status(home: Path | None = None) -> Status:
     home = default_home() if home is None else home
     state = read_state(home)
-    if state is None or not is_server_process(state.pid) or not healthy(state):
+    if state is None or not is_server_process(state.pid):
         return Status(home, state, False, None)
-    return Status(home, state, True, server_version(state))
+    running = server_version(state, ANSWER_TIMEOUT)
+    return Status(home, state, running is not None, running)

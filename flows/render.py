@@ -88,11 +88,11 @@ def _ui_hint(console: Console, flow_run_id: str | None) -> None:
     ui = settings.ui_url
     if settings.api.url and ui and flow_run_id:
         console.print(f"Prefect UI: {ui}/runs/flow-run/{flow_run_id}")
-    else:
+    elif not settings.api.url:
         console.print(
-            "Prefect UI: this run used a temporary local server. To keep runs and see them in the "
-            "UI: `uv run prefect server start`, then `export PREFECT_API_URL="
-            "http://127.0.0.1:4200/api` and run again; open http://127.0.0.1:4200/runs"
+            "Prefect UI: this run used Prefect's temporary server, which kept nothing "
+            "(TRIPFLOW_LOCAL_SERVER is off, or the local server did not start). Otherwise tripflow "
+            "starts a local server once and keeps the runs in its UI (`tripflow server status`)."
         )
 
 
