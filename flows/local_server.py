@@ -284,10 +284,13 @@ def _decide(home: Path) -> Decision:
             reason = "stale-pid" if _pid_alive(state.pid) else "died"
         else:
             running = server_version(state, ANSWER_TIMEOUT)
-            if running is None and time.time() - state.started_at < START_TIMEOUT:
-                # Another call started it moments ago: wait for it rather than start a second one.
-                if _wait_ready(state, deadline=state.started_at + START_TIMEOUT):
-                    running = server_version(state, ANSWER_TIMEOUT)
+            # Started by another call moments ago: wait for it rather than start a second one.
+            if (
+                running is None
+                and time.time() - state.started_at < START_TIMEOUT
+                and _wait_ready(state, deadline=state.started_at + START_TIMEOUT)
+            ):
+                running = server_version(state, ANSWER_TIMEOUT)
             if running == installed_version():
                 return Decision(state, "running")
             reason = "not-answering" if running is None else "upgrade"

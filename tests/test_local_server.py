@@ -1,4 +1,4 @@
-"""The local Prefect server ``tripflow`` starts in the background and reuses (``flows/local_server.py``).
+"""The local Prefect server `tripflow` starts in the background and reuses (local_server.py).
 
 Every test here uses its own Prefect home in a temporary folder and a free port, so the session's
 server (``conftest.py``, which every other test reaches through ``PREFECT_API_URL``) and a user's
