@@ -81,17 +81,6 @@ def _quiet_tracebacks() -> None:
             handler.addFilter(_QuietExpectedErrors())
 
 
-def _progress(event: str, stage: str, info: dict[str, object]) -> None:
-    if event == "start":
-        console.print(f"[bold cyan]▶[/] {stage} …")
-    elif info.get("failed"):
-        console.print(f"[bold red]✗[/] {stage} failed after {info['seconds']:.2f}s")
-    else:
-        console.print(
-            f"[bold green]✓[/] {stage} {info['seconds']:.2f}s, peak {info['peak_rss_mb']:.0f} MiB"
-        )
-
-
 @contextlib.contextmanager
 def _prefect_api() -> Iterator[None]:
     """Runs go to the local background server (started on first use), unless Prefect's settings
@@ -156,7 +145,9 @@ def run(
     error: TripflowError | None = None
     from tasks.metrics import add_listener, remove_listener
 
-    add_listener(_progress)
+    # Rows and rows/s per stage only on a terminal, never with --json.
+    progress = render.StageLines(console, live=console.is_terminal and not as_json)
+    add_listener(progress)
     stdout = sys.stdout
     api = contextlib.ExitStack()
     try:
@@ -186,7 +177,7 @@ def run(
         report = getattr(exc, "tripflow_report", None) or _bare_report(run_date, exc)
         console.print_exception()
     finally:
-        remove_listener(_progress)
+        remove_listener(progress)
     with api:
         if as_json:
             stdout.write(json.dumps(report, default=str) + "\n")

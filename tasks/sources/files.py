@@ -18,6 +18,7 @@ import polars as pl
 
 from tasks.errors import SchemaError, UsageError
 from tasks.formats import TRIPS, FormatContext, SourceFormat, schema_probe, type_columns
+from tasks.metrics import rows_done
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
 from tasks.staging import PARQUET_WRITE
 from tasks.transforms import day_attribution, to_raw
@@ -125,6 +126,7 @@ class FileSource:
                 to_raw(contract, run_date, path, hash_email).sink_parquet(
                     out_dir / f"part-{index:05d}.parquet", **PARQUET_WRITE
                 )
+                rows_done("extract", counts["on_day"])
         return stats
 
 
