@@ -84,7 +84,11 @@ def main() -> None:
     home = scratch / "prefect-home"
     empty_pycache = scratch / "no-bytecode"
     empty_pycache.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "VIRTUAL_ENV")}
+    # As from a user's shell: ``uv run`` puts .venv/bin first, where ``python3 -m uv`` (setup's)
+    # finds no uv.
+    venv_bin = str(ROOT / ".venv" / "bin")
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
     env.update(
         PREFECT_HOME=str(home),
         TRIPFLOW_SERVER_PORT=str(_free_port()),
