@@ -57,6 +57,9 @@ PREFECT_PID_FILE = "server.pid"
 DEFAULT_PORT = 4200
 #: What identifies the server's process in ``/proc/PID/cmdline`` (Prefect's server app factory).
 SERVER_APP = "prefect.server.api.server:create_app"
+#: In the environment of every server ``tripflow`` starts: the home it belongs to. Finds a server
+#: whose state file was lost, so that it is stopped rather than left running beside a new one.
+MARKER = "TRIPFLOW_LOCAL_SERVER_OF"
 #: Seconds a server may take to answer its first health check (a fresh database migrates first).
 START_TIMEOUT = float(os.environ.get("TRIPFLOW_SERVER_START_TIMEOUT", "180"))
 STOP_TIMEOUT = 15.0
@@ -211,6 +214,7 @@ def _spawn(home: Path, port: int) -> ServerState:
     assert spec is not None and spec.origin is not None, "prefect is not installed"
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
     env.update(
+        {MARKER: str(home)},
         PREFECT_HOME=str(home),
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),  # the UI's API address is built from these
@@ -296,7 +300,32 @@ def _decide(home: Path) -> Decision:
             reason = "not-answering" if running is None else "upgrade"
             _terminate(state.pid)
         _forget(home, state)
+    _stop_strays(home)
     return Decision(_spawn(home, _choose_port()), reason)
+
+
+def servers_of(home: Path) -> list[int]:
+    """Pids of the running servers ``tripflow`` started for this home (by their environment)."""
+    mark = f"{MARKER}={home}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes().split(b"\0") and is_server_process(
+                int(proc.name)
+            ):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return found
+
+
+def _stop_strays(home: Path, keep: int | None = None) -> None:
+    """Stop servers of this home that the state does not name (never more than one runs)."""
+    for pid in servers_of(home):
+        if pid != keep:
+            _terminate(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -350,6 +379,7 @@ def stop(home: Path | None = None) -> ServerState | None:
     home = default_home() if home is None else home
     with _locked(home):
         state = read_state(home)
+        _stop_strays(home, keep=None if state is None else state.pid)
         if state is None:
             return None
         if is_server_process(state.pid):

@@ -180,6 +180,18 @@ def test_a_stale_pid_is_never_signalled_and_a_busy_port_is_avoided(
         holder.close()
 
 
+def test_a_server_whose_state_was_lost_is_stopped_not_doubled(home: Path) -> None:
+    first = local_server.ensure(home)
+    (home / local_server.STATE_FILE).unlink()  # lost track of it (e.g. a deleted file)
+    second = local_server.ensure(home)
+    assert second.reason == "none"
+    assert _servers(home) == [second.state.pid]  # exactly one: the first was stopped
+    assert not local_server.is_server_process(first.state.pid)
+    (home / local_server.STATE_FILE).unlink()
+    assert local_server.stop(home) is None  # nothing recorded...
+    assert _servers(home) == []  # ...but the server it started is stopped all the same
+
+
 def test_a_server_that_died_hangs_or_is_outdated_is_replaced(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
