@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,10 +28,10 @@ from flows import render
 from flows.governance_cli import governance_app
 from flows.land_cli import land
 from flows.ops_cli import ops_app
+from flows.server_cli import server_app
 from flows.source_cli import source_app
 from flows.terminal import command_group, console
 from tasks.errors import TripflowError
-from tasks.metrics import add_listener, remove_listener
 
 app = command_group("tripflow: a day of trips from source to warehouse, published exactly once.")
 
@@ -80,15 +81,37 @@ def _quiet_tracebacks() -> None:
             handler.addFilter(_QuietExpectedErrors())
 
 
-def _progress(event: str, stage: str, info: dict[str, object]) -> None:
-    if event == "start":
-        console.print(f"[bold cyan]▶[/] {stage} …")
-    elif info.get("failed"):
-        console.print(f"[bold red]✗[/] {stage} failed after {info['seconds']:.2f}s")
-    else:
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[None]:
+    """Runs go to the local background server (started on first use), unless Prefect's settings
+    name a server (``PREFECT_API_URL`` in the environment, profile or ``prefect.toml``) or
+    ``TRIPFLOW_LOCAL_SERVER=0`` (then Prefect's temporary server, as before)."""
+    from flows import local_server
+
+    if local_server.disabled_reason() is not None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        yield
+        return
+    try:
+        decision = local_server.ensure(settings.home)
+    except local_server.ServerError as exc:
+        console.print(f"[yellow]warning:[/] {exc}; this run uses Prefect's temporary server")
+        yield
+        return
+    state = decision.state
+    if decision.reason != "running":
         console.print(
-            f"[bold green]✓[/] {stage} {info['seconds']:.2f}s, peak {info['peak_rss_mb']:.0f} MiB"
+            f"Started the local Prefect server in the background: UI {state.url} "
+            "(`tripflow server status`, `tripflow server stop`)"
         )
+    os.environ["PREFECT_API_URL"] = state.api_url  # for any process this one starts
+    with temporary_settings({PREFECT_API_URL: state.api_url}):
+        yield
 
 
 def _settings_overrides(**values: Any) -> dict[str, Any]:
@@ -120,10 +143,16 @@ def run(
     report: dict[str, Any] = {}
     code = 0
     error: TripflowError | None = None
-    add_listener(_progress)
+    from tasks.metrics import add_listener, remove_listener
+
+    # Rows and rows/s per stage only on a terminal, never with --json.
+    progress = render.StageLines(console, live=console.is_terminal and not as_json)
+    add_listener(progress)
     stdout = sys.stdout
+    api = contextlib.ExitStack()
     try:
         with contextlib.redirect_stdout(sys.stderr):
+            api.enter_context(_prefect_api())
             params = _settings_overrides(
                 source=source,
                 format=source_format,
@@ -148,12 +177,13 @@ def run(
         report = getattr(exc, "tripflow_report", None) or _bare_report(run_date, exc)
         console.print_exception()
     finally:
-        remove_listener(_progress)
-    if as_json:
-        stdout.write(json.dumps(report, default=str) + "\n")
-        stdout.flush()
-    else:
-        render.run_summary(console, report, error)
+        remove_listener(progress)
+    with api:
+        if as_json:
+            stdout.write(json.dumps(report, default=str) + "\n")
+            stdout.flush()
+        else:
+            render.run_summary(console, report, error)
     raise typer.Exit(code)
 
 
@@ -195,8 +225,10 @@ def backfill(
 ) -> None:
     """Run one flow run per day from --start to --end; exit 1 if any day failed."""
     stdout = sys.stdout
+    api = contextlib.ExitStack()
     try:
         with contextlib.redirect_stdout(sys.stderr):
+            api.enter_context(_prefect_api())
             params = _settings_overrides(
                 source=source,
                 format=source_format,
@@ -215,8 +247,10 @@ def backfill(
                     start=start.date(), end=end.date(), concurrency=concurrency, **params
                 )
     except TripflowError as exc:
+        api.close()
         console.print(f"[bold red]error:[/] {exc.message}")
         raise typer.Exit(exc.exit_code) from None
+    api.close()
     failed = [d for d in days if d.get("status") != "published"]
     if as_json:
         stdout.write(json.dumps({"days": days, "failed": [d["run_date"] for d in failed]}) + "\n")
@@ -262,6 +296,7 @@ app.command()(land)
 app.add_typer(source_app, name="source")
 app.add_typer(ops_app, name="automations")
 app.add_typer(governance_app, name="governance")
+app.add_typer(server_app, name="server")
 
 if __name__ == "__main__":
     app()

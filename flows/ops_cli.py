@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from flows import automations
 from flows.terminal import command_group, console
 
 ops_app = command_group(
@@ -50,11 +49,18 @@ def apply_automations(
         str, typer.Option("--running-longer-than", help="Alert when a run is Running this long.")
     ] = "4h",
     namespace: Annotated[
-        str, typer.Option("--namespace", help="The pipeline pods' Kubernetes namespace.")
-    ] = automations.NAMESPACE,
+        str | None,
+        typer.Option(
+            "--namespace",
+            help="The pipeline pods' Kubernetes namespace [default: flows.automations.NAMESPACE].",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Create or update tripflow's automations by name (applying twice changes nothing)."""
+    from flows import automations  # imports Prefect: only for this command
+
     try:
         stale = automations.parse_duration(stale_after)
         running = automations.parse_duration(running_longer_than)
@@ -71,7 +77,10 @@ def apply_automations(
             block_id = await automations.notification_block_id(webhook_block)
         return await automations.apply(
             automations.definitions(
-                block_id, stale_after=stale, running_longer_than=running, namespace=namespace
+                block_id,
+                stale_after=stale,
+                running_longer_than=running,
+                namespace=namespace or automations.NAMESPACE,
             )
         )
 

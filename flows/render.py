@@ -3,9 +3,12 @@ the data went and how to see the run in the Prefect UI."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tasks.errors import TripflowError
@@ -15,6 +18,86 @@ def _num(value: float) -> str:
     """34.2 -> '34.2', 100.0 -> '100', 51.4 -> '51.4' (at most two decimals)."""
     text = f"{value:,.2f}".rstrip("0").rstrip(".")
     return text or "0"
+
+
+def rate(rows: int, seconds: float) -> str:
+    """1_234_567 rows in 1 s -> '1.23M rows/s'."""
+    per_s = rows / seconds if seconds > 0 else 0.0
+    if per_s >= 1e6:
+        return f"{per_s / 1e6:.2f}M rows/s"
+    if per_s >= 1e3:
+        return f"{per_s / 1e3:.0f}k rows/s"
+    return f"{per_s:.0f} rows/s"
+
+
+class StageLines:
+    """The stage lines of ``tripflow run`` (a ``tasks.metrics`` listener): ``▶``/``✓`` per stage.
+
+    With ``live`` (stderr is a terminal and the output is not ``--json``) a stage shows the rows it
+    has written and its rows/s while it runs, and its ``✓`` line ends with both.
+    """
+
+    def __init__(self, console: Console, live: bool) -> None:
+        self.console = console
+        self.live = live
+        self._lock = threading.Lock()
+        self._rows: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+        self._progress: Progress | None = None
+        self._task: dict[str, TaskID] = {}
+
+    def __call__(self, event: str, stage: str, info: dict[str, object]) -> None:
+        with self._lock:
+            if event == "start":
+                self._start(stage)
+            elif event == "rows":
+                self._advance(stage, int(info["rows"]))  # type: ignore[call-overload]
+            elif event == "end":
+                self._end(stage, info)
+
+    def _start(self, stage: str) -> None:
+        self._rows[stage] = 0
+        self._started[stage] = time.perf_counter()
+        if not self.live:
+            self.console.print(f"[bold cyan]▶[/] {stage} …")
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TextColumn("{task.fields[rows]:>12,} rows"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+        self._task[stage] = self._progress.add_task(stage, total=None, rows=0, rate="")
+
+    def _advance(self, stage: str, rows: int) -> None:
+        self._rows[stage] = self._rows.get(stage, 0) + rows
+        if self._progress is not None and stage in self._task:
+            done = self._rows[stage]
+            seconds = time.perf_counter() - self._started.get(stage, time.perf_counter())
+            self._progress.update(
+                self._task[stage], rows=done, rate=rate(done, seconds), refresh=True
+            )
+
+    def _end(self, stage: str, info: dict[str, object]) -> None:
+        if self._progress is not None and stage in self._task:
+            self._progress.remove_task(self._task.pop(stage))
+            if not self._task:
+                self._progress.stop()
+                self._progress = None
+        seconds = float(info["seconds"])  # type: ignore[arg-type]
+        if info.get("failed"):
+            self.console.print(f"[bold red]✗[/] {stage} failed after {seconds:.2f}s")
+            return
+        line = f"[bold green]✓[/] {stage} {seconds:.2f}s, peak {info['peak_rss_mb']:.0f} MiB"
+        rows = self._rows.get(stage, 0)
+        if self.live and rows:
+            line += f", {rows:,} rows, {rate(rows, seconds)}"
+        self.console.print(line)
 
 
 def region_table(regions: list[dict[str, Any]]) -> Table:
@@ -88,11 +171,11 @@ def _ui_hint(console: Console, flow_run_id: str | None) -> None:
     ui = settings.ui_url
     if settings.api.url and ui and flow_run_id:
         console.print(f"Prefect UI: {ui}/runs/flow-run/{flow_run_id}")
-    else:
+    elif not settings.api.url:
         console.print(
-            "Prefect UI: this run used a temporary local server. To keep runs and see them in the "
-            "UI: `uv run prefect server start`, then `export PREFECT_API_URL="
-            "http://127.0.0.1:4200/api` and run again; open http://127.0.0.1:4200/runs"
+            "Prefect UI: this run used Prefect's temporary server, which kept nothing "
+            "(TRIPFLOW_LOCAL_SERVER is off, or the local server did not start). Otherwise tripflow "
+            "starts a local server once and keeps the runs in its UI (`tripflow server status`)."
         )
 
 

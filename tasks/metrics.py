@@ -34,7 +34,8 @@ _lock = threading.Lock()
 
 
 def add_listener(listener: Listener) -> None:
-    """Receive ``(event, stage, info)`` for every stage start (``"start"``) and end (``"end"``)."""
+    """Receive ``(event, stage, info)`` for every stage start (``"start"``) and end (``"end"``),
+    and ``"rows"`` as a stage writes rows (``info["rows"]``: how many more)."""
     with _lock:
         _listeners.append(listener)
 
@@ -43,6 +44,11 @@ def remove_listener(listener: Listener) -> None:
     with _lock:
         if listener in _listeners:
             _listeners.remove(listener)
+
+
+def rows_done(stage: str, rows: int) -> None:
+    """``rows`` more rows of ``stage`` are written (a ``"rows"`` event: progress on a terminal)."""
+    notify("rows", stage, {"rows": rows})
 
 
 def notify(event: str, stage: str, info: dict[str, object]) -> None:

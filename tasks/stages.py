@@ -23,6 +23,7 @@ from tasks.config import Settings, key_fingerprint, pii_key
 from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, REASONS
 from tasks.errors import InfrastructureError
 from tasks.faults import kill_point
+from tasks.metrics import rows_done
 from tasks.sources import make_source
 from tasks.staging import PARQUET_WRITE, StagedDataset, Staging
 from tasks.transforms import (
@@ -147,6 +148,7 @@ def transform(ctx: RunContext) -> TransformOutput:
         ).sink_parquet(quarantine_dir / "part-00000.parquet", **PARQUET_WRITE)
     clean = staging.read("clean", ctx.run_date)
     quarantine = staging.read("quarantine", ctx.run_date)
+    rows_done("transform", clean.rows + quarantine.rows)
     kill_point("transform")  # clean and quarantine replaced, region_daily not yet
     with staging.write("region_daily", ctx.run_date, ctx.run_id) as region_dir:
         region_daily(clean.scan(CLEAN_SCHEMA)).sink_parquet(
@@ -201,11 +203,13 @@ def load(ctx: RunContext, usage: Usage | None = None) -> LoadResult:
     """Bulk-load the staged day into this run's own warehouse staging tables."""
     clean, quarantine, regions = _transformed(ctx)
     with _warehouse(ctx, usage) as warehouse:
-        return warehouse.load(
+        loaded = warehouse.load(
             ctx.run_date,
             ctx.run_id,
             StagedFiles(trips=clean.files, quarantine=quarantine.files, region_daily=regions.files),
         )
+    rows_done("load", loaded.rows + loaded.quarantine_rows)
+    return loaded
 
 
 def validate(

@@ -20,6 +20,7 @@ import polars as pl
 
 from tasks.errors import SchemaError, UsageError, describe_value
 from tasks.formats import TRIPS, FormatContext, SourceFormat, schema_probe, type_columns
+from tasks.metrics import rows_done
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
 from tasks.staging import PARQUET_WRITE
 from tasks.transforms import day_attribution, to_raw, value_fingerprint
@@ -137,6 +138,7 @@ class FileSource:
                     )
                 except pl.exceptions.ComputeError as exc:
                     raise _unreadable(path, exc) from exc
+                rows_done("extract", counts["on_day"])
         return stats
 
 

@@ -56,6 +56,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tasks.contract import CONTRACT_COLUMNS
 from tasks.errors import InfrastructureError, SchemaError, UsageError, describe_value
 from tasks.formats import MAX_ABS_NUMBER
+from tasks.metrics import rows_done
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
 from tasks.staging import PARQUET_WRITE
 from tasks.transforms import to_raw, value_fingerprint
@@ -545,6 +546,7 @@ class PostgresSource:
             to_raw(frame, run_date, source_name, hash_email).sink_parquet(
                 out_dir / f"part-{part:05d}.parquet", **PARQUET_WRITE
             )
+            rows_done("extract", sum(batch.num_rows for batch in batches))
 
         def writer() -> None:
             while True:

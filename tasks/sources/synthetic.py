@@ -18,6 +18,7 @@ from typing import Final
 import numpy as np
 import polars as pl
 
+from tasks.metrics import rows_done
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
 from tasks.staging import PARQUET_WRITE
 from tasks.transforms import to_raw
@@ -148,5 +149,6 @@ class SyntheticSource:
                     out_dir / f"part-{part:05d}.parquet", **PARQUET_WRITE
                 )
                 stats = stats + ExtractStats(chunk.height, chunk.height, 0, 0, 1)
+                rows_done("extract", chunk.height)
                 del chunk
         return stats

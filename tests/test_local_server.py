@@ -1,0 +1,245 @@
+"""The local Prefect server `tripflow` starts in the background and reuses (local_server.py).
+
+Every test here uses its own Prefect home in a temporary folder and a free port, so the session's
+server (``conftest.py``, which every other test reaches through ``PREFECT_API_URL``) and a user's
+own ``~/.prefect`` are never touched. Each test stops every server process it started (found by
+their ``PREFECT_HOME``), whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows import local_server
+
+TRIPFLOW = str(Path(sys.executable).parent / "tripflow")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _servers(home: Path) -> list[int]:
+    """Pids of the Prefect server processes running with this Prefect home."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if local_server.SERVER_APP.encode() in cmdline and f"PREFECT_HOME={home}".encode() in (
+            environ
+        ):
+            found.append(int(proc.name))
+    return found
+
+
+def _kill(pid: int) -> None:
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+    try:
+        os.waitpid(pid, 0)  # a server ensure() started in this process is its child
+    except ChildProcessError:
+        deadline = time.monotonic() + 10
+        while local_server.is_server_process(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private Prefect home; its servers are all stopped afterwards."""
+    path = tmp_path / "prefect-home"
+    monkeypatch.setenv("TRIPFLOW_SERVER_PORT", str(_free_port()))
+    monkeypatch.setattr(local_server, "STOP_TIMEOUT", 5.0)
+    yield path
+    for pid in _servers(path):
+        _kill(pid)
+    assert _servers(path) == []
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no PREFECT_API_URL, this test's Prefect home."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return {**env, "PREFECT_HOME": str(home), **extra}
+
+
+def _cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TRIPFLOW, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+
+
+def test_disabled_by_the_setting_or_a_configured_server() -> None:
+    assert local_server.disabled_reason({}) is None
+    assert local_server.disabled_reason({"TRIPFLOW_LOCAL_SERVER": "1"}) is None
+    for off in ("0", "false", "OFF", "no"):
+        assert local_server.disabled_reason({"TRIPFLOW_LOCAL_SERVER": off}) is not None
+    assert local_server.disabled_reason({"PREFECT_API_URL": "http://10.0.0.1:4200/api"})
+
+
+def test_two_first_calls_start_one_server_which_keeps_the_runs(home: Path, workdir: Path) -> None:
+    env = _env(home)
+    racers = [
+        subprocess.Popen(
+            [TRIPFLOW, "server", "start", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = []
+    for racer in racers:
+        stdout, stderr = racer.communicate(timeout=400)
+        assert racer.returncode == 0, stderr
+        outs.append(json.loads(stdout))
+    assert outs[0]["pid"] == outs[1]["pid"]
+    assert sorted(o["reason"] for o in outs) == ["none", "running"]
+    assert _servers(home) == [outs[0]["pid"]]
+    url = outs[0]["url"]
+
+    run = _cli("run", "--source", "sample", "--date", "2025-11-15", "--json", env=env, cwd=workdir)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    # The run is kept by the background server after the CLI has exited.
+    with urllib.request.urlopen(f"{url}/api/flow_runs/{report['flow_run_id']}") as response:
+        assert json.load(response)["state_type"] == "COMPLETED"
+    assert _servers(home) == [outs[0]["pid"]]  # reused, not started again
+
+    status = _cli("server", "status", "--json", env=env)
+    assert status.returncode == 0
+    assert json.loads(status.stdout) | {"note": None} == {
+        "home": str(home),
+        "running": True,
+        "url": url,
+        "api_url": f"{url}/api",
+        "pid": outs[0]["pid"],
+        "version": local_server.installed_version(),
+        "log": str(home / local_server.LOG_FILE),
+        "note": None,
+    }
+    stopped = _cli("server", "stop", env=env)
+    assert stopped.returncode == 0 and f"pid {outs[0]['pid']}" in stopped.stderr
+    assert _servers(home) == []
+    assert not (home / local_server.STATE_FILE).exists()
+    assert not (home / local_server.PREFECT_PID_FILE).exists()
+    assert _cli("server", "status", env=env).returncode == 1
+
+
+def test_a_stale_pid_is_never_signalled_and_a_busy_port_is_avoided(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = int(os.environ["TRIPFLOW_SERVER_PORT"])
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", busy))
+    holder.listen()
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        home.mkdir()
+        stale = local_server.ServerState(
+            bystander.pid, busy, local_server.installed_version(), started_at=time.time() - 3600
+        )
+        (home / local_server.STATE_FILE).write_text(json.dumps(stale.__dict__))
+        decision = local_server.ensure(home)
+        assert decision.reason == "stale-pid"
+        assert decision.state.pid != bystander.pid and decision.state.port != busy
+        assert bystander.poll() is None  # the pid was another program's: left alone
+        assert local_server.healthy(decision.state)
+        assert local_server.read_state(home) == decision.state
+    finally:
+        bystander.kill()
+        bystander.wait()
+        holder.close()
+
+
+def test_a_server_whose_state_was_lost_is_stopped_not_doubled(home: Path) -> None:
+    first = local_server.ensure(home)
+    (home / local_server.STATE_FILE).unlink()  # lost track of it (e.g. a deleted file)
+    second = local_server.ensure(home)
+    assert second.reason == "none"
+    assert _servers(home) == [second.state.pid]  # exactly one: the first was stopped
+    assert not local_server.is_server_process(first.state.pid)
+    (home / local_server.STATE_FILE).unlink()
+    assert local_server.stop(home) is None  # nothing recorded...
+    assert _servers(home) == []  # ...but the server it started is stopped all the same
+
+
+def test_a_server_that_died_hangs_or_is_outdated_is_replaced(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = local_server.ensure(home)
+    assert first.reason == "none" and local_server.healthy(first.state)
+
+    _kill(first.state.pid)
+    died = local_server.ensure(home)
+    assert died.reason == "died" and died.state.pid != first.state.pid
+    assert local_server.healthy(died.state)
+
+    # Hung: alive but not answering, long after its start.
+    os.kill(died.state.pid, signal.SIGSTOP)
+    hung_state = local_server.ServerState(
+        died.state.pid, died.state.port, died.state.version, started_at=time.time() - 3600
+    )
+    (home / local_server.STATE_FILE).write_text(json.dumps(hung_state.__dict__))
+    hung = local_server.ensure(home)
+    assert hung.reason == "not-answering" and not local_server.is_server_process(died.state.pid)
+    assert local_server.healthy(hung.state)
+
+    # An upgrade: the installed Prefect differs from the one the server runs. Stand-in: only one
+    # Prefect is installed here, so the installed version is reported as another one.
+    monkeypatch.setattr(local_server, "installed_version", lambda: "99.0.0")
+    upgraded = local_server.ensure(home)
+    assert upgraded.reason == "upgrade" and upgraded.state.pid != hung.state.pid
+    assert not local_server.is_server_process(hung.state.pid)
+    assert _servers(home) == [upgraded.state.pid]
+
+
+def test_no_local_server_where_a_profile_names_one(
+    home: Path, workdir: Path, prefect_server: str
+) -> None:
+    home.mkdir()
+    (home / "profiles.toml").write_text(
+        f'active = "team"\n\n[profiles.team]\nPREFECT_API_URL = "{prefect_server}"\n'
+    )
+    run = _cli("run", "--source", "sample", "--date", "2025-11-15", env=_env(home), cwd=workdir)
+    assert run.returncode == 0, run.stderr
+    assert f"Prefect UI: {prefect_server.removesuffix('/api')}/runs/flow-run/" in run.stderr
+    assert not (home / local_server.STATE_FILE).exists()
+    assert _servers(home) == []
+
+
+def test_turned_off_a_run_uses_prefects_temporary_server(home: Path, workdir: Path) -> None:
+    env = _env(home, TRIPFLOW_LOCAL_SERVER="0")
+    run = _cli("run", "--source", "sample", "--date", "2025-11-15", env=env, cwd=workdir)
+    assert run.returncode == 0, run.stderr
+    assert "this run used Prefect's temporary server" in run.stderr
+    assert not (home / local_server.STATE_FILE).exists()
+    assert _servers(home) == []
