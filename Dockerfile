@@ -35,5 +35,6 @@ ENV PATH=/app/.venv/bin:$PATH \
     PREFECT_HOME=/home/tripflow/.prefect \
     TRIPFLOW_STAGING=/home/tripflow/.tripflow/staging \
     TRIPFLOW_WAREHOUSE=duckdb:/home/tripflow/.tripflow/warehouse.duckdb \
-    TRIPFLOW_PII_KEY_FILE=/home/tripflow/.tripflow/pii.key
+    TRIPFLOW_PII_KEY_FILE=/home/tripflow/.tripflow/pii.key \
+    TRIPFLOW_LOCAL_SERVER=0
 USER 10001:10001
