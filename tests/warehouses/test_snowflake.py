@@ -417,6 +417,85 @@ def test_statement_timeout_every_session_and_warehouse_size_once(
     assert "ALTER WAREHOUSE" not in log  # no size configured: the warehouse is left as it is
 
 
+def _connector() -> SnowflakeConnector:
+    credentials = SnowflakeCredentials(account="tripflow-test", user="U", password="stand-in")
+    return SnowflakeConnector(
+        credentials=credentials, database=DATABASE, warehouse="TRIPFLOW_WH", schema=SCHEMA
+    )
+
+
+def test_a_block_without_warehouse_size_never_resizes_the_warehouse(
+    fake: None, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The block's default sends no ``ALTER WAREHOUSE`` (fakesnow's own statement log): a shared
+    warehouse sized by someone else keeps its size."""
+    monkeypatch.setenv("FAKESNOW_DEBUG", "snowflake")
+    block = TripWarehouse(target="snowflake", dataset=SCHEMA, snowflake_connector=_connector())
+    assert block.warehouse_size is None
+    wh = warehouse_from_block(block)
+    wh.ensure_tables()
+    wh.published_rows(DAY)
+    sent = capfd.readouterr().err
+    assert "ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS" in sent  # the log was on
+    assert "ALTER WAREHOUSE" not in sent
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_block_saved_with_the_old_default_size_is_named_in_a_warning(
+    fake: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A document saved when ``warehouse_size`` defaulted to XSMALL (made here as Prefect made it
+    then: the block schema of that time, whose default was XSMALL, and every field's value) is
+    still resized, as it says, but the run warns, naming the block and how to clear it. The same
+    value saved under today's schema is a choice: no warning."""
+    from prefect.client.schemas.actions import BlockDocumentCreate, BlockSchemaCreate
+
+    connector = _connector()
+    connector.save("snowflake-size-connector", overwrite=True)
+    current = TripWarehouse(
+        target="snowflake", dataset=SCHEMA, warehouse_size="XSMALL", snowflake_connector=connector
+    )
+    current.save("snowflake-size-chosen", overwrite=True)  # registers today's type and schema
+    fields = json.loads(json.dumps(TripWarehouse.model_json_schema()))
+    fields["properties"]["warehouse_size"]["default"] = "XSMALL"  # the schema before the change
+    with get_client(sync_client=True) as client:
+        block_type = client.read_block_type_by_slug("trip-warehouse")
+        old_schema = client.create_block_schema(
+            BlockSchemaCreate(
+                fields=fields,
+                block_type_id=block_type.id,
+                capabilities=[],
+                version="non-versioned",
+            )
+        )
+        saved = client.read_block_document_by_name("snowflake-size-chosen", "trip-warehouse")
+        client.create_block_document(
+            BlockDocumentCreate(
+                name="snowflake-size-inherited",
+                data={**saved.data, "snowflake_connector": {"$ref": {
+                    "block_document_id": str(connector._block_document_id)}}},
+                block_schema_id=old_schema.id,
+                block_type_id=block_type.id,
+            )
+        )  # fmt: skip
+
+    caplog.set_level("WARNING", logger="tasks.warehouses.snowflake")
+    inherited = TripWarehouse.load("snowflake-size-inherited")
+    assert inherited.warehouse_size == "XSMALL" and inherited.inherited_warehouse_size()
+    wh = warehouse_from_block(inherited)
+    assert isinstance(wh, SnowflakeWarehouse) and wh.warehouse_size == "XSMALL"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "'snowflake-size-inherited'" in warnings[0] and "warehouse_size XSMALL" in warnings[0]
+    assert "warehouse_size=None" in warnings[0]
+
+    caplog.clear()
+    chosen = TripWarehouse.load("snowflake-size-chosen")
+    assert chosen.warehouse_size == "XSMALL" and not chosen.inherited_warehouse_size()
+    warehouse_from_block(chosen)
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+
+
 def test_bad_session_configuration_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="warehouse_size 'HUGE'"):
         warehouse(warehouse="WH", warehouse_size="HUGE")
