@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlparse
 
 from tasks.errors import InfrastructureError, UsageError
-from tasks.faults import kill_point
+from tasks.faults import SUBMITTED, kill_point
 from tasks.warehouses.base import (
     Figures,
     LedgerRow,
@@ -529,6 +529,7 @@ class SnowflakeWarehouse:
                 )
                 kill_point("publish")  # everything done but the COMMIT
                 _execute(cur, COMMIT, what="publish: commit")
+                kill_point(SUBMITTED)  # committed, the run's tables not dropped yet
             except BaseException:
                 _rollback(cur)
                 raise
