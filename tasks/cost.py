@@ -51,6 +51,8 @@ def stage_cost(measure: Mapping[str, Any], settings: Settings) -> dict[str, Any]
         "seconds": measure["seconds"],
         "cpu_seconds": measure.get("cpu_seconds"),
         "peak_rss_mb": measure["peak_rss_mb"],
+        # VmHWM (the stage's own peak) or ru_maxrss (the process's since start); None: not recorded
+        "peak_rss_method": measure.get("peak_rss_method"),
         "requested_cpu": size.cpu,
         "requested_memory_gib": size.memory_gib,
         "on_spot": size.spot,

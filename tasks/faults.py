@@ -7,6 +7,12 @@ publishes it once.
 With ``TRIPFLOW_KILL_ONCE=<file>`` as well, only the first process to reach the point dies (it
 creates the file first): a retried or re-dispatched stage then gets through.
 Unset (always, outside those tests), a kill point does nothing.
+
+``SUBMITTED`` (``publish-submitted``) is the other side of a client/server warehouse's publish:
+the client dies right after it handed the publish batch or job to the server (Redshift, BigQuery)
+or sent its COMMIT (Snowflake), so the server commits while no client waits for it. It is not in
+``POINTS`` (a kill there leaves the new day published, not the old one); ``tests/warehouses``
+prove that a re-run finds that publish in the ledger and neither publishes twice nor mixes.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Final
 KILL_ENV: Final = "TRIPFLOW_KILL_AT"
 ONCE_ENV: Final = "TRIPFLOW_KILL_ONCE"
 POINTS: Final = ("extract", "transform", "load", "validate", "publish")
+SUBMITTED: Final = "publish-submitted"
 
 
 def kill_point(point: str) -> None:

@@ -3,7 +3,9 @@
 ``ru_maxrss`` only grows, so each stage resets the kernel's high-water mark (writing ``5`` to
 ``/proc/self/clear_refs``) when it starts and reads ``VmHWM`` from ``/proc/self/status`` when it
 ends.
-Where that is not allowed, the figure falls back to ``ru_maxrss`` (and says so).
+Where that is not allowed, the figure falls back to ``ru_maxrss``, the process's peak since it
+started (an upper bound for the stage), and says so: every measure carries ``peak_rss_method``
+(``VmHWM`` or ``ru_maxrss``), in ``--json``'s stages, the ledger and the cost report.
 
 Before the reset, memory the allocators kept from the stage before is handed back to the system
 (glibc's ``malloc_trim``, Arrow's pool): stages that share a process (``tripflow run``) would
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Final, cast
 
 from tasks.warehouses.base import Usage
 
@@ -64,6 +66,7 @@ class StageMeasure:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    #: ``VmHWM`` (the stage's own peak) or ``ru_maxrss`` (the process's, since it started).
     method: str = "VmHWM"
     failed: bool = False
     #: What the warehouse's queries in this stage processed and billed (where it reports bytes).
@@ -74,6 +77,7 @@ class StageMeasure:
             "name": self.name,
             "seconds": round(self.seconds, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "peak_rss_method": self.method,
             "cpu_seconds": round(self.cpu_seconds, 3),
         }
         if self.warehouse.bytes_processed is not None:
@@ -112,15 +116,26 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mb() -> float:
-    """The process's peak RSS since the last reset, in MiB."""
+#: How a stage's peak memory was measured: the kernel's high-water mark since the stage's reset,
+#: or (where that reset or ``/proc`` is not allowed) the process's peak since it started.
+VMHWM: Final = "VmHWM"
+RU_MAXRSS: Final = "ru_maxrss"
+
+
+def peak_rss() -> tuple[float, str]:
+    """The process's peak RSS since the last reset, in MiB, and how it was read."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+                return int(line.split()[1]) / 1024, VMHWM
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, RU_MAXRSS
+
+
+def peak_rss_mb() -> float:
+    """The process's peak RSS since the last reset, in MiB."""
+    return peak_rss()[0]
 
 
 @contextmanager
@@ -129,7 +144,7 @@ def measure(stage: str) -> Iterator[StageMeasure]:
     result = StageMeasure(stage)
     release_memory()
     if not reset_peak_rss():
-        result.method = "ru_maxrss"
+        result.method = RU_MAXRSS
     notify("start", stage, {})
     wall, cpu = time.perf_counter(), time.process_time()
     try:
@@ -147,5 +162,7 @@ def measure(stage: str) -> Iterator[StageMeasure]:
 def _finish(result: StageMeasure, wall: float, cpu: float) -> None:
     result.seconds = time.perf_counter() - wall
     result.cpu_seconds = time.process_time() - cpu
-    result.peak_rss_mb = peak_rss_mb()
+    result.peak_rss_mb, read = peak_rss()
+    if read == RU_MAXRSS:  # reset allowed but VmHWM unreadable: the process's peak all the same
+        result.method = RU_MAXRSS
     notify("end", result.name, {**result.as_dict(), "failed": result.failed})

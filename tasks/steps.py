@@ -208,18 +208,22 @@ def cost_markdown(data: dict[str, Any]) -> str:
     lines = [
         f"# Cost and resources: {data['run_date']}",
         "",
-        "| stage | seconds | CPU s | peak MiB | pod (CPU / GiB) | estimated USD |",
-        "|---|---|---|---|---|---|",
+        "| stage | seconds | CPU s | peak MiB | peak measured by | pod (CPU / GiB) "
+        "| estimated USD |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in cost["stages"]:
         where = " spot" if s["on_spot"] else ""
         lines.append(
             f"| {s['name']} | {s['seconds']:.2f} | {s['cpu_seconds'] or 0:.2f} | "
-            f"{s['peak_rss_mb']:.0f} | {s['requested_cpu']:g} / {s['requested_memory_gib']:g}"
-            f"{where} | ${s['usd']:.6f} |"
+            f"{s['peak_rss_mb']:.0f} | {s.get('peak_rss_method') or 'not recorded'} | "
+            f"{s['requested_cpu']:g} / {s['requested_memory_gib']:g}{where} | ${s['usd']:.6f} |"
         )
     lines += [
         "",
+        "- peak measured by: VmHWM = the stage's own peak (the kernel's high-water mark, reset "
+        "when the stage starts); ru_maxrss = the process's peak since it started (the reset was "
+        "not allowed here), an upper bound for the stage",
         f"- bytes staged: {cost['bytes_staged']:,}",
         f"- warehouse bytes processed / billed: {cost['warehouse_bytes_processed']} / "
         f"{cost['warehouse_bytes_billed']} (None: this warehouse reports no bytes)",

@@ -40,7 +40,13 @@ pytestmark = [
 def test_run_page_shows_completed_run_and_its_artifacts(workdir: Path, prefect_server: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    proc = tripflow("run", "--source", "sample", "--date", "2025-11-15", "--json", cwd=workdir)
+    # The run's INFO logs go to the server (the session's default is WARNING: an empty log pane).
+    proc = tripflow(
+        "run",
+        *("--source", "sample", "--date", "2025-11-15", "--json"),
+        cwd=workdir,
+        env={"PREFECT_LOGGING_LEVEL": "INFO"},
+    )
     assert proc.returncode == 0, proc.stderr
     run_id = json.loads(proc.stdout)["flow_run_id"]
     ui = prefect_server.removesuffix("/api")
@@ -54,6 +60,12 @@ def test_run_page_shows_completed_run_and_its_artifacts(workdir: Path, prefect_s
             page.goto(f"{ui}/runs/flow-run/{run_id}")
             page.get_by_text("daily-trip-etl/2025-11-15").first.wait_for(timeout=90_000)
             page.get_by_text("Completed").first.wait_for(timeout=60_000)
+            # The screenshot shows the run's logs, not "Waiting for logs…": wait for the flow's
+            # last log line, as the log pane renders it (level and logger beside each line).
+            page.get_by_text("Finished in state Completed()").first.wait_for(timeout=60_000)
+            logs = page.inner_text("body")
+            assert "Waiting for logs" not in logs
+            assert "prefect.flow_runs" in logs and "prefect.task_runs" in logs and "INFO" in logs
             page.screenshot(path=str(shots / "run-page.png"))
             page.get_by_text("Artifacts", exact=True).first.click()
             for key in ("regional-summary", "quality-report", "run-ledger", "cost-report"):

@@ -25,6 +25,12 @@ new run's staging, so the day holds exactly one run's rows, whatever happened be
 transactions that mutate one table at the same time conflict: BigQuery aborts one, which surfaces
 as an ``InfrastructureError`` and is retried like any other infrastructure failure.
 
+A submitted job runs to its end on BigQuery whether or not its client is still there (killed, or
+cut off while waiting). So ``publish`` first looks for the run's ``published`` ledger row (and
+looks again when its transaction fails): a retry of the publish, or of the run (one run id), that
+finds it runs no second transaction — which would replace the day with the same rows but append a
+second ledger row for the run — and reports the day as published.
+
 Cost control: every query first runs as a dry run; one whose estimate exceeds the block's
 ``maximum_bytes_billed`` is refused before it runs (``UsageError``: raise the limit or fix the
 query). Every query job also carries ``maximum_bytes_billed``, so BigQuery itself refuses to bill
@@ -45,8 +51,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import date, timedelta
 from decimal import Decimal
@@ -59,6 +66,7 @@ from google.cloud import bigquery
 from requests import RequestException
 
 from tasks.errors import InfrastructureError, UsageError
+from tasks.faults import SUBMITTED, kill_point
 from tasks.warehouses.base import (
     Figures,
     LedgerRow,
@@ -71,6 +79,8 @@ from tasks.warehouses.base import (
 
 if TYPE_CHECKING:
     from tasks.warehouses.blocks import TripWarehouse
+
+log = logging.getLogger(__name__)
 
 #: (column, BigQuery type, mode): the columns of duckdb.py, in BigQuery's types.
 Column = tuple[str, str, str]
@@ -235,6 +245,11 @@ BEGIN TRANSACTION;
 COMMIT TRANSACTION;
 """
 
+#: Whether this run's publish already committed (its job may have outlived its client).
+RUN_PUBLISHED: Final = """
+SELECT count(*) AS n FROM {runs}
+WHERE run_id = @run_id AND run_date = @run_date AND status = 'published'
+"""
 PUBLISHED_ROWS: Final = "SELECT count(*) AS n FROM {trips} WHERE trip_date = @run_date"
 RECENT_RUNS: Final = """
 SELECT run_id, run_date, status, source, rows_extracted, rows_quarantined, rows_loaded,
@@ -329,8 +344,11 @@ class BigQueryWarehouse:
         purpose: str,
         sql: str,
         params: Iterable[bigquery.ScalarQueryParameter] = (),
+        on_submitted: Callable[[], None] | None = None,
     ) -> list[bigquery.Row]:
-        """Dry-run ``sql``, refuse it if its estimate passes the limit, then run it."""
+        """Dry-run ``sql``, refuse it if its estimate passes the limit, then run it.
+
+        ``on_submitted`` is called once BigQuery has the job (the fault tests' kill point)."""
         parameters = list(params)
         try:
             dry = self.client.query(
@@ -368,6 +386,8 @@ class BigQueryWarehouse:
                 retry=self.retry,
                 job_retry=None,
             )
+            if on_submitted is not None:
+                on_submitted()
             rows = list(
                 job.result(timeout=self.statement_timeout_s, retry=self.retry, job_retry=None)
             )
@@ -566,9 +586,33 @@ class BigQueryWarehouse:
             history=history,
         )
 
+    def _published(self, run_date: date, run_id: str) -> bool:
+        """Whether the ledger holds this run's ``published`` row for the day."""
+        (row,) = self.query(
+            f"find run {run_id} in the ledger",
+            RUN_PUBLISHED.format(runs=self.sql_table(LEDGER_TABLE)),
+            [
+                bigquery.ScalarQueryParameter("run_id", "STRING", run_id),
+                bigquery.ScalarQueryParameter("run_date", "DATE", run_date),
+            ],
+        )
+        return int(row["n"]) > 0
+
     def publish(self, run_date: date, load: LoadResult, ledger: LedgerRow) -> None:
         """Replace the day in the three tables and append the ledger row, in one transaction."""
         suffix = identifier("t_" + load.suffix)[2:]
+        if self._published(run_date, ledger.run_id):
+            # An earlier attempt's job committed after its client was gone: the day is this
+            # run's already, and a second transaction would append a second ledger row.
+            log.warning(
+                "%s: run %s already published %s (an earlier attempt's job committed); "
+                "nothing to do",
+                self.description,
+                ledger.run_id,
+                run_date,
+            )
+            self._drop_run_tables(suffix)
+            return
         ledger_staging = f"{LEDGER_TABLE}_{suffix}"
         self.query(
             f"creating staging table {ledger_staging}",
@@ -594,11 +638,31 @@ class BigQueryWarehouse:
                 columns=column_list(RUNS_SCHEMA),
             ).strip()
         )
-        self.query(
-            f"publish of {run_date}",
-            PUBLISH_TRANSACTION.format(statements="\n".join(statements)),
-        )
-        # Published: the run's staging tables have served (failed runs' expire on their own).
+        try:
+            self.query(
+                f"publish of {run_date}",
+                PUBLISH_TRANSACTION.format(statements="\n".join(statements)),
+                on_submitted=lambda: kill_point(SUBMITTED),
+            )
+        except InfrastructureError:
+            # An earlier attempt's job may have committed meanwhile (then BigQuery aborted this
+            # one as a concurrent update): the day is published.
+            try:
+                published = self._published(run_date, ledger.run_id)
+            except (InfrastructureError, UsageError):
+                published = False
+            if not published:
+                raise
+            log.warning(
+                "%s: run %s: this publish failed but an earlier attempt's committed %s",
+                self.description,
+                ledger.run_id,
+                run_date,
+            )
+        self._drop_run_tables(suffix)
+
+    def _drop_run_tables(self, suffix: str) -> None:
+        """Published: the run's staging tables have served (failed runs' expire on their own)."""
         for table in [t for t, _, _ in PUBLISHED_TABLES] + [LEDGER_TABLE]:
             with contextlib.suppress(*API_ERRORS):  # it expires anyway; the day is published
                 self.client.delete_table(

@@ -8,22 +8,34 @@ workload identity is used (Workload Identity on GKE, IRSA on EKS: no key files).
 field of this block itself.
 
 Register it once: ``prefect block register -m tasks.warehouses.blocks``.
+
+``warehouse_size`` defaults to none (the Snowflake warehouse is left at whatever size it has). Until
+this change it defaulted to ``XSMALL``, so every run shrank a shared warehouse. Prefect stores a
+block document with every field's value and a reference to the block schema it was saved under
+(whose JSON schema holds each field's default): a document saved under a schema whose
+``warehouse_size`` default was ``XSMALL``, still holding ``XSMALL``, cannot tell an inherited
+default from a choice, so ``inherited_warehouse_size()`` names it and the run warns (README,
+"Snowflake", says how to clear it: save the block again).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from prefect.blocks.core import Block
+from prefect.client.schemas.objects import BlockDocument
 from prefect_aws import AwsCredentials
 from prefect_gcp import GcpCredentials
 from prefect_snowflake import SnowflakeConnector
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 Target = Literal["duckdb", "bigquery", "redshift", "snowflake"]
 
 #: 10 GB: a day of the seed's 8M trips is ~1 GB in BigQuery; a query above this is a mistake.
 DEFAULT_MAXIMUM_BYTES_BILLED = 10 * 10**9
+
+#: ``warehouse_size``'s default before it became none: every run resized the warehouse to it.
+OLD_DEFAULT_WAREHOUSE_SIZE = "XSMALL"
 
 
 class TripWarehouse(Block):
@@ -82,10 +94,35 @@ class TripWarehouse(Block):
         default=3600, description="Statement timeout (Redshift, Snowflake; BigQuery job timeout)."
     )
     warehouse_size: str | None = Field(
-        default="XSMALL", description="Snowflake: the virtual warehouse size to run at."
+        default=None,
+        description="Snowflake: resize the virtual warehouse to this (e.g. XSMALL) before the "
+        "run; empty leaves its size alone.",
     )
 
     # Credentials (nested blocks; empty means the ambient workload identity).
     gcp_credentials: GcpCredentials | None = None
     aws_credentials: AwsCredentials | None = None
     snowflake_connector: SnowflakeConnector | None = None
+
+    #: The defaults of the block schema the loaded document was saved under (empty if not loaded).
+    _saved_defaults: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def _from_block_document(cls, block_document: BlockDocument) -> TripWarehouse:
+        block = super()._from_block_document(block_document)
+        schema = block_document.block_schema
+        properties = (schema.fields if schema is not None else {}).get("properties") or {}
+        block._saved_defaults = {
+            name: spec["default"]
+            for name, spec in properties.items()
+            if isinstance(spec, dict) and "default" in spec
+        }
+        return block
+
+    def inherited_warehouse_size(self) -> bool:
+        """Whether ``warehouse_size`` may be the old default rather than a choice: the document
+        was saved when the default was ``XSMALL`` and still holds ``XSMALL``."""
+        return (
+            self.warehouse_size == OLD_DEFAULT_WAREHOUSE_SIZE
+            and self._saved_defaults.get("warehouse_size") == OLD_DEFAULT_WAREHOUSE_SIZE
+        )

@@ -20,6 +20,12 @@ Write, audit, publish:
    Redshift transaction is SERIALIZABLE, so of two runs publishing one day at once one fails (and
    is retried) instead of both inserting.
 
+   A submitted batch commits on the server whether or not its client is still there to see it
+   (killed, or its connection lost while polling). The batch drops the run's own staging tables,
+   so it can commit at most once; and a publish first looks for the run's ``published`` ledger
+   row (and looks again when its batch fails): a retry of the publish, or of the run, that finds
+   it publishes nothing again and reports the day as published.
+
 Only the ``DataApi`` seam below talks to AWS; the warehouse hands it SQL (every statement a named
 constant here) and named parameters. The tests run the same statements on a real PostgreSQL
 through a second implementation of that seam.
@@ -38,6 +44,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from tasks.errors import InfrastructureError, UsageError
+from tasks.faults import SUBMITTED, kill_point
 from tasks.warehouses.base import (
     Figures,
     LedgerRow,
@@ -227,6 +234,11 @@ ORDER BY run_date
 """
 
 # --- Publish -----------------------------------------------------------------------------------
+#: Whether this run's publish already committed (its batch may have outlived its client).
+RUN_PUBLISHED: Final = """
+SELECT count(*) FROM {schema}.runs
+WHERE run_id = :run_id AND run_date = CAST(:run_date AS DATE) AND status = 'published'
+"""
 #: Runs of the day that failed: their staging tables were kept for inspection until now.
 FAILED_RUNS: Final = """
 SELECT run_id FROM {schema}.runs
@@ -332,9 +344,16 @@ class Transport(Protocol):
     ) -> list[tuple[Any, ...]]: ...
 
     def batch(
-        self, sqls: Sequence[str], params: Mapping[str, str] | None = None, *, purpose: str
+        self,
+        sqls: Sequence[str],
+        params: Mapping[str, str] | None = None,
+        *,
+        purpose: str,
+        on_submitted: Callable[[], None] | None = None,
     ) -> None:
-        """Run ``sqls`` as one transaction: all of them commit, or none."""
+        """Run ``sqls`` as one transaction: all of them commit, or none.
+
+        ``on_submitted`` is called once the server has the batch (the fault tests' kill point)."""
         ...
 
 
@@ -404,10 +423,15 @@ class DataApi:
             request["NextToken"] = page["NextToken"]
 
     def batch(
-        self, sqls: Sequence[str], params: Mapping[str, str] | None = None, *, purpose: str
+        self,
+        sqls: Sequence[str],
+        params: Mapping[str, str] | None = None,
+        *,
+        purpose: str,
+        on_submitted: Callable[[], None] | None = None,
     ) -> None:
         request = {"Sqls": list(sqls), "ExecutionMode": "TRANSACTION"}
-        self._run("batch_execute_statement", request, params, purpose)
+        self._run("batch_execute_statement", request, params, purpose, on_submitted)
 
     def _run(
         self,
@@ -415,11 +439,14 @@ class DataApi:
         request: dict[str, Any],
         params: Mapping[str, str] | None,
         purpose: str,
+        on_submitted: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         request = {**self.target, **request, "StatementName": _statement_name(purpose)}
         if params:
             request["Parameters"] = [{"name": k, "value": v} for k, v in params.items()]
         submitted = self._call(operation, request, purpose)
+        if on_submitted is not None:
+            on_submitted()
         return self.wait(submitted["Id"], purpose)
 
     def wait(self, statement_id: str, purpose: str) -> dict[str, Any]:
@@ -691,9 +718,30 @@ class RedshiftWarehouse:
                 statements.append(DROP_STAGING.format(**self._names(table=table, suffix=each)))
         return statements
 
+    def _published(self, run_date: date, run_id: str) -> bool:
+        """Whether the ledger holds this run's ``published`` row for the day."""
+        rows = self.api.query(
+            RUN_PUBLISHED.format(**self._names()),
+            {"run_id": run_id, "run_date": run_date.isoformat()},
+            purpose=f"find run {run_id} in the ledger",
+        )
+        return bool(rows) and int(rows[0][0]) > 0
+
     def publish(self, run_date: date, load: LoadResult, ledger: LedgerRow) -> None:
         suffix = identifier("t_" + load.suffix)[2:]
         day = {"run_date": run_date.isoformat()}
+        if self._published(run_date, ledger.run_id):
+            # An earlier attempt's batch committed after its client was gone (killed, or cut off
+            # while polling): the day is this run's already. Publishing again would fail on the
+            # dropped run tables, or (re-loaded) insert a second ledger row.
+            log.warning(
+                "%s: run %s already published %s (an earlier attempt's batch committed); "
+                "nothing to do",
+                self.description,
+                ledger.run_id,
+                run_date,
+            )
+            return
         other = self.api.query(
             OTHER_DAYS.format(**self._names(suffix=suffix)), day, purpose="rows of other days"
         )
@@ -709,7 +757,29 @@ class RedshiftWarehouse:
         )
         statements = self.publish_statements(run_date, load, [str(r[0]) for r in failed])
         transaction = statements[:MAX_BATCH_STATEMENTS]  # the DML and ledger row come first
-        self.api.batch(transaction, ledger_params(ledger), purpose=f"publish {run_date}")
+        try:
+            self.api.batch(
+                transaction,
+                ledger_params(ledger),
+                purpose=f"publish {run_date}",
+                on_submitted=lambda: kill_point(SUBMITTED),
+            )
+        except InfrastructureError:
+            # Another submission of this run's publish (an attempt whose client died) may have
+            # committed first: then this one failed on the tables it dropped. The day is published.
+            try:
+                published = self._published(run_date, ledger.run_id)
+            except InfrastructureError:
+                published = False
+            if not published:
+                raise
+            log.warning(
+                "%s: run %s: this publish batch failed but an earlier one committed %s",
+                self.description,
+                ledger.run_id,
+                run_date,
+            )
+            return
         # Failed runs' tables past the batch limit: dropped after the commit (IF EXISTS: a retry
         # or a later publish finishes the job if this is interrupted).
         rest = statements[MAX_BATCH_STATEMENTS:]

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlparse
 
 from tasks.errors import InfrastructureError, UsageError
-from tasks.faults import kill_point
+from tasks.faults import SUBMITTED, kill_point
 from tasks.warehouses.base import (
     Figures,
     LedgerRow,
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from tasks.warehouses.blocks import TripWarehouse
 
 log = logging.getLogger(__name__)
+#: Warnings already given by this process (a run builds its warehouse once per stage).
+_WARNED: set[str] = set()
 
 
 class Cursor(Protocol):
@@ -527,6 +529,7 @@ class SnowflakeWarehouse:
                 )
                 kill_point("publish")  # everything done but the COMMIT
                 _execute(cur, COMMIT, what="publish: commit")
+                kill_point(SUBMITTED)  # committed, the run's tables not dropped yet
             except BaseException:
                 _rollback(cur)
                 raise
@@ -753,6 +756,14 @@ def from_block(block: TripWarehouse) -> SnowflakeWarehouse:
         )
         return client
 
+    if block.inherited_warehouse_size():
+        _warn_once(
+            f"TripWarehouse block {block._block_document_name!r}: warehouse_size "
+            f"{block.warehouse_size} was saved while it was the default, so every run resizes "
+            f"Snowflake warehouse {warehouse} to it (a shared warehouse sized by someone else is "
+            "shrunk). Save the block again: with warehouse_size=None to leave the size alone, or "
+            "with the size you want (README, 'Snowflake')."
+        )
     return SnowflakeWarehouse(
         connect,
         schema=schema,
@@ -763,3 +774,17 @@ def from_block(block: TripWarehouse) -> SnowflakeWarehouse:
         warehouse_size=block.warehouse_size,
         description=f"snowflake:{account}/{database}.{schema}",
     )
+
+
+def _warn_once(message: str) -> None:
+    """Warn in the run's log (Prefect's run logger inside a run, this module's logger outside)."""
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:
+        log.warning(message)

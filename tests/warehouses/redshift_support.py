@@ -14,7 +14,12 @@
      FAILED with an error text when a test-given rule says so (then ``Error`` is in the answer), or
      never (for the timeout path); ``cancel_statement`` is moto's own (-> ABORTED);
    - ``get_statement_result`` answers rows a test gives explicitly (canned, and labelled so where
-     used), in pages of ``page_size`` records with ``NextToken``.
+     used), in pages of ``page_size`` records with ``NextToken``;
+   - or, with an ``engine`` (a ``PostgresDataApi``, below) attached, a statement that ends is
+     **run on the real PostgreSQL** (a batch as one transaction, a query's rows kept for
+     ``get_statement_result``), FINISHED or FAILED with PostgreSQL's error. It then runs when the
+     statement ends, not when it is submitted: ``finish_started()`` ends the statements whose
+     client is gone, as Redshift finishes a submitted batch whether or not anyone polls it.
 
    It models none of Redshift's SQL, COPY, transactions or IAM: those are proven on PostgreSQL.
 
@@ -105,6 +110,10 @@ class MotoRedshift:
     page_size: int = 2
     #: Every get_statement_result request: (statement id, NextToken).
     pages: list[tuple[str, str | None]] = field(default_factory=list)
+    #: Runs each statement when it ends (real SQL on PostgreSQL) instead of ``rule``/``results``.
+    engine: PostgresDataApi | None = None
+    #: The engine's result rows per statement id, as Data API records.
+    engine_rows: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -138,6 +147,34 @@ class MotoRedshift:
         self.polls_to_finish = 2
         self.rule = lambda sql: Outcome()
         self.results = lambda sql: []
+        self.engine = None
+        self.engine_rows.clear()
+
+    def run_on_engine(self, statement: Statement) -> None:
+        """End ``statement`` by running it on the engine (PostgreSQL): FINISHED or FAILED."""
+        assert self.engine is not None
+        params = {p["name"]: p["value"] for p in statement.query_parameters or []}
+        rows: list[tuple[Any, ...]] = []
+        try:
+            if statement.sub_statements:
+                self.engine.batch(statement.sub_statements, params, purpose="stand-in batch")
+            else:
+                rows = self.engine.query(statement.query_string, params, purpose="stand-in")
+        except InfrastructureError as exc:
+            statement.status = "FAILED"
+            statement.error = str(exc)
+            statement.failed_statement = None
+            return
+        self.engine_rows[statement.id] = [[_record_field(v) for v in row] for row in rows]
+        statement.has_result_set = not statement.sub_statements
+        statement.status = "FINISHED"
+
+    def finish_started(self) -> int:
+        """End every statement still STARTED (its client gone) on the engine; how many."""
+        started = [st for st in self.statements() if st.status == "STARTED"]
+        for statement in started:
+            self.run_on_engine(statement)
+        return len(started)
 
     def stop(self) -> None:
         self.server.stop()
@@ -182,7 +219,9 @@ def _describe_statement(self: RedshiftDataAPIServiceResponse) -> Any:
     with stand_in._lock:
         stand_in.polls[statement.id] = stand_in.polls.get(statement.id, 0) + 1
         polls = stand_in.polls[statement.id]
-    if statement.status == "STARTED" and polls >= stand_in.polls_to_finish:
+    if statement.status == "STARTED" and polls >= stand_in.polls_to_finish and stand_in.engine:
+        stand_in.run_on_engine(statement)
+    elif statement.status == "STARTED" and polls >= stand_in.polls_to_finish:
         outcome = stand_in.rule(statement.query_string)
         if outcome.status is not None:
             statement.status = outcome.status
@@ -209,7 +248,10 @@ def _describe_statement(self: RedshiftDataAPIServiceResponse) -> Any:
 def _get_statement_result(self: RedshiftDataAPIServiceResponse) -> Any:
     stand_in = _stand_in()
     statement = self.redshiftdata_backend.describe_statement(self._get_param("Id"))
-    records = stand_in.results(statement.query_string)
+    if stand_in.engine is not None:
+        records = stand_in.engine_rows.get(statement.id, [])
+    else:
+        records = stand_in.results(statement.query_string)
     token = self._get_param("NextToken")
     stand_in.pages.append((statement.id, token))
     start = int(token or 0)
@@ -254,6 +296,21 @@ def stop_moto(stand_in: MotoRedshift) -> None:
                 delattr(RedshiftDataAPIServiceResponse, name)
             else:
                 setattr(RedshiftDataAPIServiceResponse, name, original)
+
+
+def _record_field(value: Any) -> dict[str, Any]:
+    """A PostgreSQL value (already typed as the Data API types it) as a Data API field."""
+    if value is None:
+        return {"isNull": True}
+    if isinstance(value, bool):
+        return {"booleanValue": value}
+    if isinstance(value, int):
+        return {"longValue": value}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    return {"stringValue": json.dumps(value)}
 
 
 def long_value(n: int) -> dict[str, Any]:
@@ -326,7 +383,12 @@ class PostgresDataApi:
         return [tuple(_data_api_value(v) for v in row) for row in rows]
 
     def batch(
-        self, sqls: Sequence[str], params: Mapping[str, str] | None = None, *, purpose: str
+        self,
+        sqls: Sequence[str],
+        params: Mapping[str, str] | None = None,
+        *,
+        purpose: str,
+        on_submitted: Callable[[], None] | None = None,
     ) -> None:
         self.submitted.extend(sqls)
         self.batch_sizes.append(len(sqls))
@@ -361,6 +423,8 @@ class PostgresDataApi:
             raise InfrastructureError(f"{self.description}: {purpose}: FAILED: {exc}") from exc
         finally:
             self.batch_pid = None
+        if on_submitted is not None:  # the batch is the server's now: committed here
+            on_submitted()
 
     def _copy(self, conn: psycopg.Connection[Any], copy: re.Match[str]) -> None:
         """Redshift's COPY FROM a manifest of Parquet files, carried out by the stand-in."""

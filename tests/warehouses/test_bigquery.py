@@ -11,9 +11,14 @@ the figures BigQuery would report (named so in each test).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -36,6 +41,7 @@ from warehouses.bq_standin import STANDIN_TOKEN, TOKEN_PATH, StandIn, bigquery_s
 from tasks.checks import run_checks
 from tasks.config import load_settings
 from tasks.errors import InfrastructureError, UsageError
+from tasks.faults import KILL_ENV, SUBMITTED
 from tasks.report import RunReport
 from tasks.stages import RunContext, extract, transform
 from tasks.warehouses.base import StagedFiles
@@ -346,6 +352,79 @@ def test_a_publish_that_fails_midway_changes_nothing(
         "quarantine": 1,
     }
     assert [r["run_id"] for r in warehouse.recent_runs(5)] == ["run00001"]
+
+
+CLIENT = Path(__file__).with_name("publish_client.py")
+
+
+def test_a_publish_whose_client_died_after_submitting_commits_once_and_the_rerun_finds_it(
+    tmp_path: Path, standin: StandIn, warehouse: BigQueryWarehouse
+) -> None:
+    """The client dies right after BigQuery (the stand-in) has its publish job; the job commits.
+
+    The client is a process of its own (``publish_client.py``), SIGKILLed at
+    ``publish-submitted`` (``tasks.faults``) right after ``jobs.insert`` of the publish
+    transaction returned. The stand-in finishes the job with no client waiting (the test waits
+    for it through the job's id, as BigQuery's job history would show it). A re-run of the
+    publish by the same run (the publish task's retry, or the flow's retry: one run id) finds the
+    run's ``published`` row in the ledger and submits no second transaction: the day is published
+    once, whole, with one ledger row for the run (today's main appended a second one).
+    """
+    old = Day(tmp_path / "a", DAY, "run00001")
+    assert old.run(warehouse, old.gcs_files(standin)) == "published"
+    new = Day(tmp_path / "b", DAY, "run00002")
+    new.report.loaded = warehouse.load(DAY, "run00002", new.gcs_files(standin))
+    row = new.report.ledger("published")
+    config = {
+        "target": "bigquery",
+        "endpoint": standin.endpoint,
+        "project": standin.project,
+        "dataset": warehouse.dataset,
+        "maximum_bytes_billed": LIMIT,
+        "run_date": DAY.isoformat(),
+        "load": dataclasses.asdict(new.report.loaded),
+        "ledger": {**dataclasses.asdict(row), "run_date": DAY.isoformat()},
+    }
+    standin.proxy.reset()
+    killed = subprocess.run(
+        [sys.executable, str(CLIENT), json.dumps(config)],
+        env={**os.environ, KILL_ENV: SUBMITTED},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert "published" not in killed.stdout
+    (submitted,) = [
+        r.body
+        for r in standin.proxy.requests
+        if r.job_configuration is not None
+        and "BEGIN TRANSACTION" in str(r.job_configuration)
+        and not r.job_configuration.get("dryRun")
+    ]
+    job = warehouse.client.get_job(submitted["jobReference"]["jobId"], location="US")
+    job.result(timeout=120)  # it ran to its end with nobody waiting for it
+
+    published = {"trips": 10, "fare": Decimal("211.40"), "run": "run00002", "region_daily": 3}
+    summary = day_summary(warehouse, DAY)
+    assert {k: summary[k] for k in published} == published
+    ledger_sql = "SELECT run_id, status FROM {ds}.runs ORDER BY finished_at"
+    expected = [
+        {"run_id": "run00001", "status": "published"},
+        {"run_id": "run00002", "status": "published"},
+    ]
+    assert rows(warehouse, ledger_sql) == expected
+
+    standin.proxy.reset()
+    warehouse.publish(DAY, new.report.loaded, row)  # the re-run of the publish: same run
+
+    again = [j for j in standin.proxy.jobs() if "BEGIN TRANSACTION" in str(j)]
+    assert again == []  # no second transaction, not even its dry run
+    summary = day_summary(warehouse, DAY)
+    assert {k: summary[k] for k in published} == published
+    assert rows(warehouse, ledger_sql) == expected
+    assert warehouse.published_rows(DAY) == 10
 
 
 def test_every_query_is_dry_run_first_and_carries_its_limits(

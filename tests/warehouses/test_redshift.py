@@ -19,8 +19,13 @@ Stand-ins, named (``redshift_support.py`` says what each models and what it does
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -54,6 +59,7 @@ from tasks.checks import run_checks
 from tasks.config import load_settings
 from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, REGION_DAILY_SCHEMA
 from tasks.errors import InfrastructureError, UsageError
+from tasks.faults import KILL_ENV, SUBMITTED
 from tasks.history import run_rows
 from tasks.report import RunReport
 from tasks.stages import RunContext, extract, transform
@@ -347,17 +353,27 @@ def test_load_submits_copy_from_a_manifest_in_one_transaction(aws: MotoRedshift)
 
 def test_publish_submits_delete_insert_ledger_and_drops_as_one_batch(aws: MotoRedshift) -> None:
     failed_run = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
-    # Canned by the stand-in: no rows of other days; the ledger has one failed run of the day.
+    # Canned by the stand-in: the run not yet published, no rows of other days; the ledger has
+    # one failed run of the day.
     aws.results = lambda sql: (
         [[string_value(failed_run)]]
         if "'failed'" in sql
+        else [[long_value(0)]]
+        if "'published'" in sql
         else [[long_value(0), long_value(0), long_value(0)]]
     )
     wh = warehouse_from_block(block(aws))
 
     wh.publish(DAY, LoadResult(SUFFIX, 9, 2, 3), ledger(RUN, rows=9))
 
-    other_days, failed_query = [body for op, body in aws.requests if op == "execute_statement"]
+    run_published, other_days, failed_query = [
+        body for op, body in aws.requests if op == "execute_statement"
+    ]
+    assert "status = 'published'" in run_published["Sql"]
+    assert {p["name"]: p["value"] for p in run_published["Parameters"]} == {
+        "run_id": RUN,
+        "run_date": "2025-11-15",
+    }
     assert "trip_date <> CAST(:run_date AS DATE)" in other_days["Sql"]
     assert failed_query["Parameters"] == [{"name": "run_date", "value": "2025-11-15"}]
     assert "status = 'failed'" in failed_query["Sql"]
@@ -891,6 +907,90 @@ def test_two_runs_publishing_one_day_at_once_never_mix(
     assert count == regions == loads[run_ids[0]][1]
     assert len(errors) == 1  # SERIALIZABLE: the overlapping second publisher fails (retried)
     assert "could not serialize" in str(errors[0])
+
+
+CLIENT = Path(__file__).with_name("publish_client.py")
+
+
+def test_a_publish_whose_client_died_after_submitting_commits_once_and_the_rerun_finds_it(
+    pg: ThrowawayPostgres, aws: MotoRedshift
+) -> None:
+    """The client dies right after the server has its publish batch; the batch commits anyway.
+
+    The warehouse talks to moto's Data API with the real boto3 client, and moto runs each
+    statement on the real PostgreSQL when it ends (``engine``: the stand-in's SQL engine). The
+    client is a process of its own, SIGKILLed at ``publish-submitted`` (``tasks.faults``): its
+    batch sits submitted, not run, until the stand-in finishes it with nobody polling. A re-run of
+    the publish by the same run (the publish task's retry, or the flow's retry: one run id) finds
+    the run's ``published`` row in the ledger and submits nothing: the day is published once,
+    whole, with one ledger row, and the run is not reported failed. A later run replaces the day.
+    """
+    s3 = aws.client("s3")
+    aws.engine = PostgresDataApi(pg.dsn(), s3)
+    aws.polls_to_finish = 1
+    schema = f"a_{uuid.uuid4().hex[:10]}"
+    api = DataApi(
+        aws.client("redshift-data"),
+        database="dev",
+        workgroup_name="tripflow-wg",
+        timeout_s=60,
+        poll_first_s=0.01,
+        poll_max_s=0.05,
+    )
+    wh = RedshiftWarehouse(
+        api, manifests=CopyManifests(s3), iam_role=ROLE, schema=schema, statement_timeout_s=60
+    )
+    old, run = new_run(), new_run()
+    files, _ = stage_day(s3, DAY, old, 20)
+    wh.publish(DAY, wh.load(DAY, old, files), ledger(old, rows=20))
+    files, clean = stage_day(s3, DAY, run, 26)
+    loaded = wh.load(DAY, run, files)
+    row = ledger(run, rows=26)
+    config = {
+        "target": "redshift",
+        "endpoint": aws.endpoint,
+        "region": REGION,
+        "access_key_id": ACCESS_KEY_ID,
+        "secret_access_key": SECRET_ACCESS_KEY,
+        "iam_role": ROLE,
+        "schema": schema,
+        "run_date": DAY.isoformat(),
+        "load": dataclasses.asdict(loaded),
+        "ledger": {**dataclasses.asdict(row), "run_date": DAY.isoformat()},
+    }
+    batches_before = len(aws.sqls("batch_execute_statement"))
+    killed = subprocess.run(
+        [sys.executable, str(CLIENT), json.dumps(config)],
+        env={**os.environ, KILL_ENV: SUBMITTED},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert "published" not in killed.stdout
+    (batch,) = aws.sqls("batch_execute_statement")[batches_before:]  # the client's one batch
+    assert any(sql.startswith(f"DELETE FROM {schema}.trips ") for sql in batch)
+    assert _published_day(pg, schema) == (20, [old], 20, 1)  # submitted, not yet run
+
+    assert aws.finish_started() == 1  # the server commits the batch its client left behind
+    published = (26, [run], 26, 2)
+    assert _published_day(pg, schema) == published
+    fare = sum(clean["fare_usd"].to_list(), Decimal(0))
+    assert fetch(pg, f"SELECT sum(fare_usd) FROM {schema}.trips") == [(fare,)]
+
+    aws.requests.clear()
+    wh.publish(DAY, loaded, row)  # the re-run of the publish: same run, same staging tables
+
+    assert aws.sqls("batch_execute_statement") == []  # nothing submitted again
+    assert _published_day(pg, schema) == published
+    assert fetch(pg, f"SELECT status FROM {schema}.runs WHERE run_id = %s", run) == [("published",)]
+    assert wh.published_rows(DAY) == 26
+
+    newer = new_run()  # a new run of the day afterwards replaces it, whole
+    files, _ = stage_day(s3, DAY, newer, 24)
+    wh.publish(DAY, wh.load(DAY, newer, files), ledger(newer, rows=24))
+    assert _published_day(pg, schema) == (24, [newer], 24, 3)
 
 
 def test_the_postgres_translation_is_only_the_listed_one() -> None:

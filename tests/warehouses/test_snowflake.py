@@ -28,6 +28,7 @@ import base64
 import hashlib
 import json
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
@@ -61,6 +62,7 @@ from warehouses.snowflake_support import (
 from tasks.checks import run_checks
 from tasks.config import load_settings
 from tasks.errors import InfrastructureError, UsageError
+from tasks.faults import KILL_ENV, SUBMITTED
 from tasks.report import RunReport
 from tasks.stages import RunContext, extract, transform
 from tasks.warehouses import warehouse_from_block
@@ -417,6 +419,85 @@ def test_statement_timeout_every_session_and_warehouse_size_once(
     assert "ALTER WAREHOUSE" not in log  # no size configured: the warehouse is left as it is
 
 
+def _connector() -> SnowflakeConnector:
+    credentials = SnowflakeCredentials(account="tripflow-test", user="U", password="stand-in")
+    return SnowflakeConnector(
+        credentials=credentials, database=DATABASE, warehouse="TRIPFLOW_WH", schema=SCHEMA
+    )
+
+
+def test_a_block_without_warehouse_size_never_resizes_the_warehouse(
+    fake: None, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The block's default sends no ``ALTER WAREHOUSE`` (fakesnow's own statement log): a shared
+    warehouse sized by someone else keeps its size."""
+    monkeypatch.setenv("FAKESNOW_DEBUG", "snowflake")
+    block = TripWarehouse(target="snowflake", dataset=SCHEMA, snowflake_connector=_connector())
+    assert block.warehouse_size is None
+    wh = warehouse_from_block(block)
+    wh.ensure_tables()
+    wh.published_rows(DAY)
+    sent = capfd.readouterr().err
+    assert "ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS" in sent  # the log was on
+    assert "ALTER WAREHOUSE" not in sent
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_block_saved_with_the_old_default_size_is_named_in_a_warning(
+    fake: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A document saved when ``warehouse_size`` defaulted to XSMALL (made here as Prefect made it
+    then: the block schema of that time, whose default was XSMALL, and every field's value) is
+    still resized, as it says, but the run warns, naming the block and how to clear it. The same
+    value saved under today's schema is a choice: no warning."""
+    from prefect.client.schemas.actions import BlockDocumentCreate, BlockSchemaCreate
+
+    connector = _connector()
+    connector.save("snowflake-size-connector", overwrite=True)
+    current = TripWarehouse(
+        target="snowflake", dataset=SCHEMA, warehouse_size="XSMALL", snowflake_connector=connector
+    )
+    current.save("snowflake-size-chosen", overwrite=True)  # registers today's type and schema
+    fields = json.loads(json.dumps(TripWarehouse.model_json_schema()))
+    fields["properties"]["warehouse_size"]["default"] = "XSMALL"  # the schema before the change
+    with get_client(sync_client=True) as client:
+        block_type = client.read_block_type_by_slug("trip-warehouse")
+        old_schema = client.create_block_schema(
+            BlockSchemaCreate(
+                fields=fields,
+                block_type_id=block_type.id,
+                capabilities=[],
+                version="non-versioned",
+            )
+        )
+        saved = client.read_block_document_by_name("snowflake-size-chosen", "trip-warehouse")
+        client.create_block_document(
+            BlockDocumentCreate(
+                name="snowflake-size-inherited",
+                data={**saved.data, "snowflake_connector": {"$ref": {
+                    "block_document_id": str(connector._block_document_id)}}},
+                block_schema_id=old_schema.id,
+                block_type_id=block_type.id,
+            )
+        )  # fmt: skip
+
+    caplog.set_level("WARNING", logger="tasks.warehouses.snowflake")
+    inherited = TripWarehouse.load("snowflake-size-inherited")
+    assert inherited.warehouse_size == "XSMALL" and inherited.inherited_warehouse_size()
+    wh = warehouse_from_block(inherited)
+    assert isinstance(wh, SnowflakeWarehouse) and wh.warehouse_size == "XSMALL"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "'snowflake-size-inherited'" in warnings[0] and "warehouse_size XSMALL" in warnings[0]
+    assert "warehouse_size=None" in warnings[0]
+
+    caplog.clear()
+    chosen = TripWarehouse.load("snowflake-size-chosen")
+    assert chosen.warehouse_size == "XSMALL" and not chosen.inherited_warehouse_size()
+    warehouse_from_block(chosen)
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+
+
 def test_bad_session_configuration_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="warehouse_size 'HUGE'"):
         warehouse(warehouse="WH", warehouse_size="HUGE")
@@ -617,3 +698,74 @@ def test_a_full_tripflow_run_on_the_snowflake_block_leaks_no_private_key(
     for where, text in haystacks.items():
         for form in _secret_forms(body, der):
             assert form not in text, f"private key found in {where}"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_sigkill_at_the_kill_points_on_fakesnow_leaves_one_whole_day(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """``tripflow run`` on the Snowflake block (fakesnow, persisted) SIGKILLed at its kill points:
+    ``load`` (a run table loaded, its siblings not), ``publish`` (delete, insert and ledger row run,
+    COMMIT not sent) and ``publish-submitted`` (COMMIT sent, the run's tables not dropped), one
+    after the other, then a re-run. Before the COMMIT the old day stays whole; after it the killed
+    run's day is whole and in the ledger; the re-run (over the killed runs' leftovers) replaces the
+    day whole, with one ledger row per published run.
+
+    What this proves is **tripflow's statement order** — every change to the day inside one
+    ``BEGIN … COMMIT``, the ledger row inside it, DDL only after it — on fakesnow, whose
+    transactions are DuckDB's. It does **not** prove Snowflake's own atomicity (that Snowflake
+    rolls back a session killed mid-transaction, or that its COMMIT is all or nothing): nothing
+    here runs Snowflake.
+    """
+    key_path, _, _ = _mounted_key(tmp_path)
+    _block(key_path).save("snowflake-kill", overwrite=True)
+    site = fakesnow_site(tmp_path)
+
+    def run(rows: int, kill: str | None = None) -> Any:
+        env = {**site, **({KILL_ENV: kill} if kill else {})}
+        args = ("--source", "synthetic", "--rows", str(rows), "--date", DAY.isoformat())
+        return tripflow(
+            "run", *args, "--warehouse", "block:snowflake-kill", "--json", cwd=workdir, env=env
+        )
+
+    def state() -> tuple[int, int, set[str], list[tuple[Any, ...]]]:
+        """(rows, distinct trip ids, run ids of the day, published ledger rows)."""
+        with persisted_fakesnow(tmp_path, DATABASE, SCHEMA) as cur:
+            cur.execute(
+                f"SELECT count(*), count(DISTINCT trip_id) FROM {SCHEMA}.trips "
+                "WHERE trip_date = %(d)s",
+                {"d": DAY},
+            )
+            rows, distinct = cur.fetchone()
+            cur.execute(f"SELECT DISTINCT _run_id FROM {SCHEMA}.trips")
+            runs = {str(r[0]) for r in cur.fetchall()}
+            cur.execute(
+                f"SELECT run_id, rows_loaded FROM {SCHEMA}.runs WHERE status = 'published' "
+                "ORDER BY finished_at"
+            )
+            ledger = [tuple(r) for r in cur.fetchall()]
+        return int(rows), int(distinct), runs, ledger
+
+    first = run(2000)
+    assert first.returncode == 0, first.stderr[-3000:]
+    previous = state()
+    assert previous[0] == previous[1] == json.loads(first.stdout)["rows"]["loaded"]
+    for i, point in enumerate(("load", "publish", SUBMITTED)):
+        killed = run(2100 + 100 * i, point)  # each version of the day has its own size
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
+        after = state()
+        if point == SUBMITTED:  # committed: the killed run's day, whole, and in the ledger
+            (killed_run,) = after[2]
+            assert after[0] == after[1] == dict(after[3])[killed_run], point
+            assert after[3][:-1] == previous[3] and killed_run not in previous[2]
+        else:
+            assert after == previous, f"killed in {point}: the day changed"
+        previous = after
+    again = run(2500)
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads(again.stdout)
+    rows, distinct, runs, ledger = state()
+    assert rows == distinct == report["rows"]["loaded"]
+    assert runs == {report["run_id"]}
+    assert ledger[-1] == (report["run_id"], report["rows"]["loaded"])
+    assert len(ledger) == 3 and len({run_id for run_id, _ in ledger}) == 3  # each run once

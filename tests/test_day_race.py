@@ -1,0 +1,152 @@
+"""Two runs of one day at once, each with its own version of the day's file (different trips,
+counts and fares), through the real ``tripflow`` CLI in subprocesses, on the default DuckDB
+warehouse and the session's real Prefect server.
+
+- **One staging root**: the day lock makes the runs take turns. The day ends as the later run's,
+  whole, and the ledger holds both.
+- **Two staging roots, one warehouse**: no lock is shared, so the runs race for real through
+  extract, transform, load, validate and publish. The warehouse still ends with exactly one run's
+  day, whole — its row count *and* its exact sum of fares are one input's — and the ledger's
+  latest published run of the day is that run.
+
+The warehouse is read through its published interface only (``analytics.trips`` and the ledger
+``analytics.runs``), whatever DuckDB keeps behind them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+DAY = "2025-11-15"
+TRIPFLOW = str(Path(sys.executable).parent / "tripflow")
+
+
+def write_version(path: Path, prefix: str, trips: int, fare: str) -> tuple[int, Decimal]:
+    """One version of the day's file; its (rows, exact sum of fares)."""
+    lines = [f"{prefix}-{i},{DAY},{3 + i % 5},{fare},us-east" for i in range(trips)]
+    path.write_text("trip_id,date,distance_km,fare_usd,region\n" + "\n".join(lines) + "\n")
+    return trips, Decimal(fare) * trips
+
+
+def run_both(workdir: Path, runs: list[tuple[Path, Path | None]]) -> list[tuple[int, Any]]:
+    """Start every ``(file, staging root)`` run at once; (exit code, --json report) of each."""
+    procs = []
+    for source, staging in runs:
+        args = [TRIPFLOW, "run", "--date", DAY, "--source", f"file:{source}", "--json"]
+        if staging is not None:
+            args += ["--staging", str(staging)]
+        procs.append(
+            subprocess.Popen(
+                args,
+                cwd=workdir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "TRIPFLOW_RETRY_DELAYS": "1,2"},
+            )
+        )
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode in (0, 1, 3), stderr[-3000:]  # never a crash or a traceback
+        assert "Traceback" not in stderr, stderr[-3000:]
+        out.append((proc.returncode, json.loads(stdout)))
+    return out
+
+
+def published_day(workdir: Path) -> tuple[int, Decimal, set[str], list[tuple[str, str]]]:
+    """(rows, sum of fares, run ids of the day's trips, the day's ledger: (run id, status) in
+    the order the runs finished)."""
+    with duckdb.connect(str(workdir / ".tripflow" / "warehouse.duckdb"), read_only=True) as con:
+        rows, fares = con.execute(
+            "SELECT count(*), coalesce(sum(fare_usd), 0) FROM analytics.trips WHERE trip_date = $d",
+            {"d": DAY},
+        ).fetchone()  # type: ignore[misc]
+        runs = {
+            str(r[0])
+            for r in con.execute(
+                "SELECT DISTINCT _run_id FROM analytics.trips WHERE trip_date = $d", {"d": DAY}
+            ).fetchall()
+        }
+        ledger = [
+            (str(r[0]), str(r[1]))
+            for r in con.execute(
+                "SELECT run_id, status FROM analytics.runs WHERE run_date = $d "
+                "ORDER BY finished_at",
+                {"d": DAY},
+            ).fetchall()
+        ]
+    return int(rows), Decimal(fares), runs, ledger
+
+
+def test_one_staging_root_the_runs_take_turns_and_the_later_one_wins(workdir: Path) -> None:
+    a, b = workdir / "version-a.csv", workdir / "version-b.csv"
+    inputs = {
+        str(a): write_version(a, "a", 400, "12.34"),
+        str(b): write_version(b, "b", 600, "7.77"),
+    }
+    results = run_both(workdir, [(a, None), (b, None)])
+
+    assert [code for code, _ in results] == [0, 0], [r.get("error") for _, r in results]
+    input_of = {
+        report["run_id"]: inputs[str(source)]
+        for (_, report), source in zip(results, (a, b), strict=True)
+    }
+    rows, fares, runs, ledger = published_day(workdir)
+    assert sorted(ledger) == sorted((run_id, "published") for run_id in input_of)  # both
+    later = ledger[-1][0]
+    assert runs == {later}  # the later run's day …
+    assert (rows, fares) == input_of[later]  # … whole: its rows and its exact fares
+
+
+#: Attempts at a real race: two processes launched together can still run one after the other on
+#: a busy machine (the ledger shows it); every attempt must end with one whole day all the same.
+RACE_ATTEMPTS = 3
+
+
+def test_two_staging_roots_race_and_the_day_is_exactly_one_runs(workdir: Path) -> None:
+    a, b = workdir / "version-a.csv", workdir / "version-b.csv"
+    inputs = {  # big enough that each run takes seconds
+        str(a): write_version(a, "a", 60_000, "12.34"),
+        str(b): write_version(b, "b", 90_000, "7.77"),
+    }
+    raced = 0
+    for attempt in range(RACE_ATTEMPTS):
+        roots = [workdir / f"staging-a{attempt}", workdir / f"staging-b{attempt}"]
+        results = run_both(workdir, [(a, roots[0]), (b, roots[1])])
+
+        published = [report for code, report in results if code == 0]
+        assert published, [r.get("error") for _, r in results]
+        input_of = {
+            report["run_id"]: inputs[str(source)]
+            for (_, report), source in zip(results, (a, b), strict=True)
+        }
+        rows, fares, runs, ledger = published_day(workdir)
+        assert len(runs) == 1  # never a mix of the two versions
+        (winner,) = runs
+        assert (rows, fares) == input_of[winner]  # whole: exactly one input's rows and fares
+        published_in_ledger = [run_id for run_id, status in ledger if status == "published"]
+        assert published_in_ledger and published_in_ledger[-1] == winner  # the ledger says which
+        assert {r["run_id"] for r in published} <= set(published_in_ledger)
+        # Did they race? Each run's life (started .. finished, in the ledger) overlaps the other's.
+        with duckdb.connect(str(workdir / ".tripflow" / "warehouse.duckdb"), read_only=True) as con:
+            lives = con.execute(
+                "SELECT started_at, finished_at FROM analytics.runs WHERE run_id IN ($a, $b)",
+                {"a": results[0][1]["run_id"], "b": results[1][1]["run_id"]},
+            ).fetchall()
+        assert len(lives) == 2, lives
+        (start_1, end_1), (start_2, end_2) = lives
+        if start_1 < end_2 and start_2 < end_1:
+            raced += 1
+            break
+    assert raced, f"the two runs never overlapped in {RACE_ATTEMPTS} attempts"
