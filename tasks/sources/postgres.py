@@ -86,7 +86,7 @@ TABLE_DDL: Final = """
     pickup_ts timestamptz,
     dropoff_ts timestamptz,
     distance_km double precision,
-    fare_usd numeric(12, 2),
+    fare_usd numeric(10, 2),
     region text,
     rider_id text,
     rider_email text,
@@ -569,11 +569,13 @@ def seed(
     seed_value: int = 42,
     chunk_rows: int = 500_000,
     progress: Callable[[int], None] | None = None,
+    riders: int | None = None,
 ) -> int:
     """Fill ``table`` with ``rows`` synthetic trips for ``run_date`` (replacing that day's rows).
 
     Creates the table and its index on ``pickup_ts`` if needed; the rows come from the synthetic
     generator (the same trips ``--source synthetic`` makes) and go in by ``COPY FROM STDIN``.
+    ``riders``: the generator's rider pool (default: one per 4 trips; ``>= rows``: one per trip).
     """
     from tasks.sources.synthetic import generate_chunk
 
@@ -605,6 +607,7 @@ def seed(
                         total=rows,
                         seed=seed_value,
                         timezone=timezone,
+                        riders=riders,
                     ).select(columns)
                     copy.write(
                         chunk.write_csv(
