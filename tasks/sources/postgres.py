@@ -56,7 +56,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tasks.contract import CONTRACT_COLUMNS
 from tasks.errors import InfrastructureError, SchemaError, UsageError
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
-from tasks.staging import PARQUET_WRITE
+from tasks.staging import RAW_PARQUET_WRITE
 from tasks.transforms import to_raw
 
 T = TypeVar("T")
@@ -506,7 +506,7 @@ class PostgresSource:
         def write_part(part: int, batches: list[pa.RecordBatch], first: int) -> None:
             frame = self._contract(batches, first, described)
             to_raw(frame, run_date, source_name, hash_email).sink_parquet(
-                out_dir / f"part-{part:05d}.parquet", **PARQUET_WRITE
+                out_dir / f"part-{part:05d}.parquet", **RAW_PARQUET_WRITE
             )
 
         def writer() -> None:

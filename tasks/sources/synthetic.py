@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
-from tasks.staging import PARQUET_WRITE
+from tasks.staging import RAW_PARQUET_WRITE
 from tasks.transforms import to_raw
 
 CHUNK_ROWS: Final = 500_000
@@ -186,7 +186,7 @@ class SyntheticSource:
                     pending = pool.submit(generate, starts[part + 1])
                 name = f"synthetic:seed={self.seed}:part-{part:05d}"
                 to_raw(chunk.lazy(), run_date, name, hash_email).sink_parquet(
-                    out_dir / f"part-{part:05d}.parquet", **PARQUET_WRITE
+                    out_dir / f"part-{part:05d}.parquet", **RAW_PARQUET_WRITE
                 )
                 stats = stats + ExtractStats(chunk.height, chunk.height, 0, 0, 1)
                 del chunk
