@@ -1,24 +1,30 @@
-"""PostgreSQL day extract, side by side: the COPY floor, the seed's way, dlt, and tripflow.
+"""PostgreSQL day → published DuckDB, side by side: the COPY floor, dlt and tripflow, in rounds.
 
-    uv run python bench/postgres_bench.py --rows 1000000 8000000
+    uv run python bench/postgres_bench.py --rows 8000000 --rounds 3 --temporary-server \
+        --distinct-riders
 
-For each size, one throwaway PostgreSQL 15 (``tests/pg/pgserver.py``) holds ``public.trips`` with
-N synthetic trips on the day (``tripflow source seed-postgres``) plus 100,000 on each neighbouring
-day, so the day's range predicate has rows to skip. Then, each in its own process under
-``/usr/bin/time -v`` (wall time and peak RSS of the process tree):
+One throwaway PostgreSQL 15 (``tests/pg/pgserver.py``) holds ``public.trips``: N trips on the day
+from ``tripflow source seed-postgres`` (the project's realistic generator: UUID text ids, one
+distinct rider per 4 trips, ~300k drivers, ``numeric(10,2)`` fares, ``timestamptz`` pickups, ~2%
+dirty rows) plus 100,000 on each neighbouring day, so the day's range predicate has rows to skip.
+Each approach runs in its own process under ``/usr/bin/time -v`` (wall time, peak RSS of the
+process tree), in alternating rounds (round r starts with approach r mod k), and the tables show
+medians with the 1-minute load average read before each process:
 
-1. floor: ``psql -c "COPY (SELECT * … the day …) TO STDOUT (FORMAT binary)" > /dev/null``;
-2. the seed's way: ``psql \\copy`` of the day to a CSV file, ``csv.DictReader`` rows and a dict
-   group-by per region (what the seed's Kubernetes Job does); and its row-by-row INSERTs into the
-   warehouse (DuckDB), timed on a 50,000-row sample and EXTRAPOLATED to N rows;
-3. dlt (``sql_table``, its fastest backend, connectorx) loading the day into DuckDB;
-4. ``tripflow run --source postgres --date D --json`` end to end (extract, transform, load,
-   validate, publish) against a Prefect server the benchmark starts once on a PostgreSQL database
-   of its own, as production servers run (its start-up is not counted; the run's own flow/task
-   orchestration is).
+1. floor: ``psql -c "COPY (SELECT … the day …) TO STDOUT (FORMAT binary)" > /dev/null``;
+2. dlt (``sql_table``, its fastest backend, connectorx) loading the day into DuckDB;
+3. ``tripflow run --source postgres --date D --json`` end to end (extract, transform, load,
+   validate, publish) against a RUNNING Prefect server the benchmark starts once, on a PostgreSQL
+   database of its own, as production servers run (its start-up is not counted);
+4. with ``--temporary-server``: once, after the rounds, the same run with no
+   ``PREFECT_API_URL`` (Prefect starts a temporary server inside the process, counted);
+5. with ``--distinct-riders``: once, a second table of N trips where every trip has its own rider
+   (the email memo's worst case), run by tripflow with the running server: its peak;
+6. with ``--seed-way``: the seed's CSV + ``csv.DictReader`` way and its row-by-row INSERTs
+   (extrapolated from 50,000 rows), once.
 
-Prints a table and the ratios, and writes ``bench/results/postgres.json``. A benchmark, not a test:
-nothing asserts a time. Run it alone: the machine has two cores.
+Writes ``bench/results/postgres.json`` and ``bench/results/postgres.md`` (the tables). A benchmark,
+not a test: nothing asserts a time. Run it alone: the machine has two cores.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,10 +61,15 @@ COLUMNS = (
 )
 
 
-def day_query(day: date, extra: str = "") -> str:
+TABLE = "public.trips"
+SEED = (TRIPFLOW, "source", "seed-postgres")
+DISTINCT_TABLE = "public.trips_distinct"
+
+
+def day_query(day: date, extra: str = "", table: str = TABLE) -> str:
     nxt = day + timedelta(days=1)
     return (
-        f"SELECT {COLUMNS} FROM public.trips WHERE pickup_ts >= '{day} 00:00:00+00' "
+        f"SELECT {COLUMNS} FROM {table} WHERE pickup_ts >= '{day} 00:00:00+00' "
         f"AND pickup_ts < '{nxt} 00:00:00+00'{extra}"
     )
 
@@ -151,7 +163,7 @@ def worker_dlt(day: date, work: Path) -> dict[str, Any]:
 
     resource = sql_table(
         credentials=dsn.replace("postgresql://", "postgresql+psycopg://"),
-        table="trips",
+        table=os.environ.get("BENCH_TABLE", TABLE).split(".")[1],
         schema="public",
         backend="connectorx",
         backend_kwargs={"conn": dsn},
@@ -165,7 +177,9 @@ def worker_dlt(day: date, work: Path) -> dict[str, Any]:
     )
     pipeline.run(resource, write_disposition="replace")
     with duckdb.connect(str(work / "dlt.duckdb"), read_only=True) as con:
-        row = con.execute("SELECT count(*) FROM raw.trips").fetchone()
+        row = con.execute(
+            f"SELECT count(*) FROM raw.{os.environ.get('BENCH_TABLE', TABLE).split('.')[1]}"
+        ).fetchone()
     return {"rows": int(row[0]) if row else 0}
 
 
@@ -193,8 +207,13 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path, stdout: Any = None) ->
     match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    cpu = sum(
+        float(m.group(1))
+        for m in re.finditer(r"(?:User|System) time \(seconds\): ([0-9.]+)", proc.stderr)
+    )
     return {
         "seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 2),
         "peak_rss_mb": round(int(match.group(1)) / 1024, 1) if match else None,
         "stdout": proc.stdout if stdout is None else "",
     }
@@ -234,7 +253,7 @@ def start_prefect(home: Path) -> tuple[subprocess.Popen[bytes], str, ThrowawayPo
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
@@ -247,159 +266,223 @@ def start_prefect(home: Path) -> tuple[subprocess.Popen[bytes], str, ThrowawayPo
     raise SystemExit("the Prefect server did not start")
 
 
-def bench_size(rows: int, day: date, api: str, prefect_home: Path) -> dict[str, Any]:
+def seed(env: dict[str, str], day: date, rows: int, table: str, riders: int | None) -> float:
+    """The day's ``rows`` trips (``riders`` distinct riders, default one per 4 trips) and
+    100,000 on each neighbouring day, into ``table``, by ``tripflow source seed-postgres``."""
+    started = time.perf_counter()
+    for when, n, extra in (
+        (day - timedelta(days=1), NEIGHBOUR_ROWS, []),
+        (day, rows, ["--riders", str(riders)] if riders else []),
+        (day + timedelta(days=1), NEIGHBOUR_ROWS, []),
+    ):
+        subprocess.run(
+            [*SEED, "--date", str(when), "--rows", str(n), "--table", table, *extra],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    return time.perf_counter() - started
+
+
+def run_floor(env: dict[str, str], work: Path, day: date) -> dict[str, Any]:
+    with open(os.devnull, "w") as devnull:
+        out = timed(
+            ["psql", "-qc", f"COPY ({day_query(day)}) TO STDOUT (FORMAT binary)"],
+            env,
+            work,
+            stdout=devnull,
+        )
+    out.pop("stdout")
+    return out
+
+
+def run_tripflow(env: dict[str, str], work: Path, day: date, name: str) -> dict[str, Any]:
+    run_dir = work / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir()
+    try:
+        tf = timed(
+            [TRIPFLOW, "run", "--source", "postgres", "--date", str(day), "--json"], env, run_dir
+        )
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    report = json.loads(tf.pop("stdout"))
+    if report["status"] != "published":
+        raise SystemExit(f"tripflow run did not publish: {report.get('error')}")
+    tf["extracted"] = report["rows"]["extracted"]
+    tf["quarantined"] = report["rows"]["quarantined"]
+    tf["stages"] = {
+        s["name"]: {
+            "seconds": s["seconds"],
+            "cpu_seconds": s.get("cpu_seconds"),
+            "peak_rss_mb": s["peak_rss_mb"],
+        }
+        for s in report["stages"]
+    }
+    tf["stages_seconds"] = round(sum(s["seconds"] for s in report["stages"]), 2)
+    stage_peak = max(s["peak_rss_mb"] for s in report["stages"])
+    tf["peak_rss_mb"] = max(tf["peak_rss_mb"] or 0, stage_peak)
+    return tf
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+def bench(args: argparse.Namespace, api: str, prefect_home: Path) -> dict[str, Any]:
+    day = date.fromisoformat(args.date)
+    rows = args.rows
     server = ThrowawayPostgres().start()
     work = Path(tempfile.mkdtemp(prefix=f"tripflow-pgbench-{rows}-"))
     try:
         dsn = server.dsn()
         env = {**pg_env(dsn), "BENCH_DSN": dsn, "TRIPFLOW_POSTGRES_DSN": dsn}
-        started = time.perf_counter()
-        for when, n in ((day - timedelta(days=1), NEIGHBOUR_ROWS), (day, rows)):
-            subprocess.run(
-                [TRIPFLOW, "source", "seed-postgres", "--date", str(when), "--rows", str(n)],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-        subprocess.run(
-            [
-                TRIPFLOW,
-                "source",
-                "seed-postgres",
-                "--date",
-                str(day + timedelta(days=1)),
-                "--rows",
-                str(NEIGHBOUR_ROWS),
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        seeded = time.perf_counter() - started
-        print(f"[{rows:,}] seeded in {seeded:.1f}s", file=sys.stderr)
-        results: dict[str, Any] = {"rows": rows, "seed_seconds": round(seeded, 1)}
-
-        with open(os.devnull, "w") as devnull:
-            floor = timed(
-                ["psql", "-qc", f"COPY ({day_query(day)}) TO STDOUT (FORMAT binary)"],
-                env,
-                work,
-                stdout=devnull,
-            )
-        floor.pop("stdout")
-        results["floor"] = floor
-        print(f"[{rows:,}] floor {floor}", file=sys.stderr)
-
-        results["seed_way"] = run_worker("seed_way", day, env, work)
-        print(f"[{rows:,}] seed's way {results['seed_way']}", file=sys.stderr)
-        inserts = run_worker("inserts", day, env, work)
-        inserts["extrapolated_seconds"] = round(rows / inserts["result"]["rows_per_s"], 1)
-        results["inserts"] = inserts
-        print(f"[{rows:,}] inserts {inserts}", file=sys.stderr)
-
-        results["dlt"] = run_worker("dlt", day, env, work)
-        print(f"[{rows:,}] dlt {results['dlt']}", file=sys.stderr)
-
-        run_dir = work / "tripflow"
-        run_dir.mkdir()
-        tf_env = {
-            **env,
-            "PREFECT_API_URL": api,
-            "PREFECT_HOME": str(prefect_home),
+        results: dict[str, Any] = {"rows": rows, "date": str(day), "rounds": []}
+        results["seed_seconds"] = round(seed(env, day, rows, TABLE, None), 1)
+        print(f"[{rows:,}] seeded in {results['seed_seconds']}s", file=sys.stderr)
+        quiet = {"PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_HOME": str(prefect_home)}
+        running = {**env, **quiet, "PREFECT_API_URL": api}
+        temporary = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {
             "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_HOME": str(work / "prefect-temporary"),
         }
-        tf = timed(
-            [TRIPFLOW, "run", "--source", "postgres", "--date", str(day), "--json"],
-            tf_env,
-            run_dir,
-        )
-        report = json.loads(tf.pop("stdout"))
-        if report["status"] != "published":
-            raise SystemExit(f"tripflow run did not publish: {report.get('error')}")
-        tf["status"] = report["status"]
-        tf["extracted"] = report["rows"]["extracted"]
-        tf["stages"] = {s["name"]: [s["seconds"], s["peak_rss_mb"]] for s in report["stages"]}
-        tf["stages_seconds"] = round(sum(s["seconds"] for s in report["stages"]), 2)
-        results["tripflow"] = tf
-        print(f"[{rows:,}] tripflow {tf}", file=sys.stderr)
+        approaches: dict[str, Any] = {
+            "floor": lambda: run_floor(env, work, day),
+            "dlt": lambda: run_worker("dlt", day, env, work),
+            "tripflow": lambda: run_tripflow(running, work, day, "tripflow"),
+        }
+        names = list(approaches)
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            measured: dict[str, Any] = {}
+            for name in order:
+                load = load_average()
+                out = approaches[name]()
+                out["load_average_before"] = load
+                measured[name] = out
+                print(
+                    f"[{rows:,}] round {r + 1} {name}: {out['seconds']} s, "
+                    f"{out['peak_rss_mb']} MB, load {load}",
+                    file=sys.stderr,
+                )
+            results["rounds"].append(measured)
+        if args.temporary_server:
+            load = load_average()
+            out = run_tripflow(temporary, work, day, "tripflow-temporary")
+            out["load_average_before"] = load
+            results["temporary_server"] = out
+            print(f"[{rows:,}] temporary server: {out}", file=sys.stderr)
+        if args.distinct_riders:
+            seeded = seed(env, day, rows, DISTINCT_TABLE, rows)
+            print(f"[{rows:,}] distinct riders seeded in {seeded:.1f}s", file=sys.stderr)
+            load = load_average()
+            out = run_tripflow(
+                {**running, "TRIPFLOW_POSTGRES_TABLE": DISTINCT_TABLE}, work, day, "distinct"
+            )
+            out["load_average_before"] = load
+            results["distinct_riders"] = out
+            print(f"[{rows:,}] distinct riders: {out}", file=sys.stderr)
+        if args.seed_way:
+            results["seed_way"] = run_worker("seed_way", day, env, work)
+            inserts = run_worker("inserts", day, env, work)
+            inserts["extrapolated_seconds"] = round(rows / inserts["result"]["rows_per_s"], 1)
+            results["inserts"] = inserts
+        results["load_average_after"] = load_average()
         return results
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def table(all_results: list[dict[str, Any]]) -> str:
+def tables(r: dict[str, Any]) -> str:
+    rounds = r["rounds"]
+    names = list(rounds[0])
+    med = {n: median([x[n]["seconds"] for x in rounds]) for n in names}
+    peak = {n: max(x[n]["peak_rss_mb"] or 0 for x in rounds) for n in names}
+    loads = [x[n]["load_average_before"] for x in rounds for n in names]
+    label = {
+        "floor": "floor: psql `COPY (…) TO STDOUT (FORMAT binary)` to /dev/null",
+        "dlt": "dlt 1.31 `sql_table`, connectorx backend, into DuckDB (no contract, no checks)",
+        "tripflow": "`tripflow run --source postgres`, running Prefect server, published",
+    }
     lines = [
-        "| trips | approach | wall s | peak RSS MB | ratio |",
-        "| ---: | --- | ---: | ---: | --- |",
+        f"{r['rows']:,} trips, {len(rounds)} alternating rounds, medians; 1-minute load average "
+        f"before each process: {min(loads)} to {max(loads)} (median {median(loads)}).",
+        "",
+        "| approach | median wall s | all rounds s | median CPU s (user+sys) | peak RSS MB (max) |",
+        "| --- | ---: | --- | ---: | ---: |",
     ]
-    for r in all_results:
-        tf = r["tripflow"]["seconds"]
-        seed_total = r["seed_way"]["seconds"] + r["inserts"]["extrapolated_seconds"]
-        rate = r["inserts"]["result"]["rows_per_s"]
-        stage_peak = max(p for _, p in r["tripflow"]["stages"].values())
-        rows = [
-            (
-                "floor: psql binary COPY of the day to /dev/null",
-                r["floor"]["seconds"],
-                r["floor"]["peak_rss_mb"],
-                f"tripflow / floor = {tf / r['floor']['seconds']:.2f}",
-            ),
-            (
-                "seed's way: psql CSV export + csv.DictReader + dict group-by per region",
-                r["seed_way"]["seconds"],
-                r["seed_way"]["peak_rss_mb"],
-                "",
-            ),
-            (
-                f"seed's way: row-by-row INSERTs into DuckDB, EXTRAPOLATED from {SAMPLE_ROWS:,} "
-                f"rows at {rate:.0f} rows/s",
-                r["inserts"]["extrapolated_seconds"],
-                r["inserts"]["peak_rss_mb"],
-                "",
-            ),
-            (
-                "seed's way, total (transform + extrapolated INSERTs)",
-                round(seed_total, 1),
-                None,
-                f"seed's way / tripflow = {seed_total / tf:.0f}",
-            ),
-            (
-                "dlt 1.31 sql_table, connectorx backend, into DuckDB",
-                r["dlt"]["seconds"],
-                r["dlt"]["peak_rss_mb"],
-                f"dlt / tripflow = {r['dlt']['seconds'] / tf:.2f}",
-            ),
-            (
-                "tripflow run --source postgres, end to end, published "
-                f"(stages {r['tripflow']['stages_seconds']} s; max stage VmHWM "
-                f"{stage_peak:.0f} MB)",
-                tf,
-                max(r["tripflow"]["peak_rss_mb"] or 0, stage_peak),
-                "",
-            ),
-        ]
-        for name, secs, rss, ratio in rows:
-            shown = "" if rss is None else f"{rss:.0f}"
-            lines.append(f"| {r['rows']:,} | {name} | {secs} | {shown} | {ratio} |")
+    for n in names:
+        each = ", ".join(str(x[n]["seconds"]) for x in rounds)
+        cpu = median([x[n]["cpu_seconds"] for x in rounds])
+        lines.append(f"| {label[n]} | {med[n]} | {each} | {cpu} | {peak[n]:.0f} |")
+    tf = med["tripflow"]
+    lines += [
+        "",
+        f"- dlt / tripflow = **{med['dlt'] / tf:.2f}x** (target ≥ 1.2); tripflow / floor = "
+        f"**{tf / med['floor']:.2f}x** (target ≤ 3); tripflow peak **{peak['tripflow']:.0f} MB** "
+        "(target ≤ 1024).",
+    ]
+    if "temporary_server" in r:
+        t = r["temporary_server"]
+        lines.append(
+            f"- Prefect's temporary server (no `PREFECT_API_URL`), one run after the rounds: "
+            f"{t['seconds']} s (stages {t['stages_seconds']} s), peak {t['peak_rss_mb']:.0f} MB; "
+            f"dlt / tripflow = {med['dlt'] / t['seconds']:.2f}x, tripflow / floor = "
+            f"{t['seconds'] / med['floor']:.2f}x (load {t['load_average_before']})."
+        )
+    if "distinct_riders" in r:
+        d = r["distinct_riders"]
+        lines.append(
+            f"- every trip its own rider ({r['rows']:,} distinct): {d['seconds']} s, peak "
+            f"**{d['peak_rss_mb']:.0f} MB** (target ≤ 1024; load {d['load_average_before']})."
+        )
+    stages = list(rounds[0]["tripflow"]["stages"])
+    lines += [
+        "",
+        "tripflow's stages (running server), medians over the rounds:",
+        "",
+        "| stage | wall s | CPU s | peak MiB |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for s in stages:
+        vals = [x["tripflow"]["stages"][s] for x in rounds]
+        lines.append(
+            f"| {s} | {median([v['seconds'] for v in vals])} | "
+            f"{median([v['cpu_seconds'] or 0 for v in vals])} | "
+            f"{max(v['peak_rss_mb'] for v in vals):.0f} |"
+        )
+    stage_sum = median([x["tripflow"]["stages_seconds"] for x in rounds])
+    lines.append(
+        f"| **stages** | **{stage_sum}** | | |\n| process wall (medians) | {tf} | | |\n"
+        f"| outside the stages (start-up, imports, flow/task runs, artifacts, exit) | "
+        f"{round(tf - stage_sum, 2)} | | |"
+    )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--date", default="2025-11-15")
+    parser.add_argument("--temporary-server", action="store_true")
+    parser.add_argument("--distinct-riders", action="store_true")
+    parser.add_argument("--seed-way", action="store_true")
     parser.add_argument("--worker", choices=sorted(WORKERS))
     parser.add_argument("--work")
     args = parser.parse_args()
-    day = date.fromisoformat(args.date)
     if args.worker:
-        print(json.dumps(WORKERS[args.worker](day, Path(args.work))))
+        print(json.dumps(WORKERS[args.worker](date.fromisoformat(args.date), Path(args.work))))
         return
     prefect_home = Path(tempfile.mkdtemp(prefix="tripflow-pgbench-prefect-"))
     prefect, api, prefect_db = start_prefect(prefect_home)
     try:
-        results = [bench_size(rows, day, api, prefect_home) for rows in args.rows]
+        results = bench(args, api, prefect_home)
     finally:
         prefect.terminate()
         prefect.wait(timeout=30)
@@ -408,7 +491,9 @@ def main() -> None:
     out = HERE / "results" / "postgres.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    text = tables(results)
+    (HERE / "results" / "postgres.md").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,14 @@ def seed_postgres(
         str | None, typer.Option("--table", help="SCHEMA.TABLE (default: postgres_table).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Generator seed.")] = 42,
+    riders: Annotated[
+        int | None,
+        typer.Option(
+            "--riders",
+            help="Distinct riders to draw from (default: one per 4 trips; >= --rows gives "
+            "every trip its own rider).",
+        ),
+    ] = None,
     dsn_from_env: Annotated[
         bool,
         typer.Option(
@@ -58,6 +66,8 @@ def seed_postgres(
             )
         if rows < 0:
             raise UsageError(f"--rows must be >= 0, got {rows}")
+        if riders is not None and riders < 1:
+            raise UsageError(f"--riders must be >= 1, got {riders}")
         name = table or settings.postgres_table
         started = time.perf_counter()
         seed_table(
@@ -67,6 +77,7 @@ def seed_postgres(
             table=name,
             timezone=settings.source_timezone,
             seed_value=seed,
+            riders=riders,
         )
         seconds = time.perf_counter() - started
     except TripflowError as exc:

@@ -137,12 +137,8 @@ def test_a_failed_check_publishes_nothing_and_keeps_the_staging_table(tmp_path: 
     assert bad.status == "failed"
     assert [c.name for c in bad.checks if not c.passed] == ["min_rows"]
     assert query(tmp_path, "SELECT * FROM analytics.trips ORDER BY trip_id") == before
-    kept = query(
-        tmp_path,
-        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics_parts' "
-        "AND table_name LIKE '%bad00001'",
-    )
-    assert sorted(t[0] for t in kept) == [
+    kept = [name for name in parts(tmp_path) if name.endswith("bad00001")]
+    assert kept == [
         "region_daily_20251115_bad00001",
         "trips_20251115_bad00001",
         "trips_quarantine_20251115_bad00001",
@@ -150,15 +146,14 @@ def test_a_failed_check_publishes_nothing_and_keeps_the_staging_table(tmp_path: 
     assert query(tmp_path, "SELECT count(*) FROM analytics_parts.trips_20251115_bad00001") == [
         (10,)
     ]
-    # A failed run's tables stay until the day is published again; then they and the previously
-    # published version go.
+    files = tmp_path / "wh.duckdb.files"
+    assert sorted(p.name for p in files.iterdir()) == ["20251115_bad00001", "20251115_good0001"]
+    # A failed run's views and files stay until the day is published again; then they and the
+    # previously published version go.
     _record_failed(tmp_path, bad)
     assert run_day(settings(tmp_path, source="sample"), run_id="new00001").status == "published"
-    left = query(
-        tmp_path,
-        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics_parts' ORDER BY 1",
-    )
-    assert [t[0] for t in left] == [
+    assert sorted(p.name for p in files.iterdir()) == ["20251115_new00001"]
+    assert parts(tmp_path) == [
         "region_daily_20251115_new00001",
         "region_daily_empty",
         "trips_20251115_new00001",
@@ -166,6 +161,16 @@ def test_a_failed_check_publishes_nothing_and_keeps_the_staging_table(tmp_path: 
         "trips_quarantine_20251115_new00001",
         "trips_quarantine_empty",
     ]
+
+
+def parts(tmp: Path) -> list[str]:
+    """The run views (and the empty base tables) in ``analytics_parts``."""
+    rows = query(
+        tmp,
+        "SELECT view_name FROM duckdb_views() WHERE schema_name = 'analytics_parts' UNION ALL "
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics_parts' ORDER BY 1",
+    )
+    return [str(r[0]) for r in rows]
 
 
 def _record_failed(tmp: Path, report: RunReport) -> None:
@@ -290,3 +295,129 @@ def test_a_day_larger_than_one_bucket_finds_the_same_duplicates(
     assert reasons_one["duplicate_trip_id"] > 0
     assert many.as_dict()["quarantine_reasons"] == reasons_one
     assert one.published_rows == many.published_rows
+
+
+def _stage_only(s: Settings, run_id: str, day: date = DAY) -> RunReport:
+    """extract -> transform -> load, not published."""
+    ctx = RunContext.create(run_id, day, s)
+    report = RunReport(ctx)
+    report.extracted = extract(ctx)
+    report.transformed = transform(ctx)
+    report.loaded = load(ctx)
+    return report
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.parquet"))
+    }
+
+
+def test_files_a_published_day_reads_outlive_later_runs_until_the_day_is_replaced(
+    tmp_path: Path,
+) -> None:
+    s = settings(tmp_path, rows=3000)
+    first = run_day(s, run_id="run0001")
+    assert first.status == "published"
+    served = tmp_path / "wh.duckdb.files" / "20251115_run0001"
+    digests = _digests(served)
+    assert sorted(digests) == [
+        "region_daily/part-00000.parquet",
+        "trips/part-00000.parquet",
+        "trips_quarantine/part-00000.parquet",
+    ]
+    day = "SELECT count(*), sum(fare_usd)::VARCHAR, min(_run_id) FROM analytics.trips"
+    published = query(tmp_path, day)
+    # A later run re-stages the day (staging replaces its folders) and loads it; a failed run
+    # loads it too and is recorded as failed: the published day's files are untouched.
+    _stage_only(settings(tmp_path, rows=3500), "run0002")
+    failed = run_day(settings(tmp_path, rows=3600, min_rows=10**9), run_id="run0003")
+    assert failed.status == "failed"
+    _record_failed(tmp_path, failed)
+    assert _digests(served) == digests
+    assert query(tmp_path, day) == published
+    # A load cannot re-adopt the published run's files.
+    with pytest.raises(InfrastructureError, match="is published"):
+        load(RunContext.create("run0001", DAY, s))
+    assert _digests(served) == digests
+    # Publishing another version replaces the day once; the files it no longer reads go.
+    again = run_day(settings(tmp_path, rows=3200), run_id="run0004")
+    assert again.status == "published"
+    assert sorted(p.name for p in (tmp_path / "wh.duckdb.files").iterdir()) == [
+        "20251115_run0002",  # loaded, never published nor recorded: kept (it may still publish)
+        "20251115_run0004",
+    ]
+    assert query(tmp_path, day)[0][0] == again.rows["loaded"]
+    assert query(tmp_path, day)[0][2] == "run0004"
+
+
+def test_readers_see_the_old_day_until_the_new_one_is_published(tmp_path: Path) -> None:
+    first = run_day(settings(tmp_path, rows=2000), run_id="run0001")
+    old = query(tmp_path, "SELECT * FROM analytics.trips ORDER BY trip_id")
+    second = _stage_only(settings(tmp_path, rows=2500), "run0002")
+    assert query(tmp_path, "SELECT * FROM analytics.trips ORDER BY trip_id") == old
+    assert second.loaded is not None
+    ctx = second.ctx
+    second.checks = validate(
+        ctx, second.rows["extracted"], second.rows["quarantined"], second.loaded
+    )
+    publish(ctx, second.loaded, second.ledger("published"))
+    new = query(tmp_path, "SELECT count(*), min(_run_id), max(_run_id) FROM analytics.trips")
+    assert new == [(second.loaded.rows, "run0002", "run0002")]
+    assert second.loaded.rows != first.rows["loaded"]
+
+
+def test_published_views_keep_the_money_and_time_types(tmp_path: Path) -> None:
+    report = run_day(settings(tmp_path, rows=3000))
+    assert report.status == "published"
+    assert {c.name for c in report.checks if c.passed} >= {"reconcile_staging", "region_totals"}
+    types = query(
+        tmp_path,
+        "SELECT typeof(fare_usd), typeof(pickup_ts), typeof(_source_row) FROM analytics.trips "
+        "LIMIT 1",
+    )
+    assert types == [("DECIMAL(18,2)", "TIMESTAMP WITH TIME ZONE", "BIGINT")]
+    totals = query(tmp_path, "SELECT typeof(total_fare_usd) FROM analytics.region_daily LIMIT 1")
+    assert totals == [("DECIMAL(18,2)",)]
+
+
+def test_a_staged_null_in_a_required_column_is_refused(tmp_path: Path) -> None:
+    from tasks.contract import CLEAN_SCHEMA
+    from tasks.warehouses import StagedFiles
+    from tasks.warehouses.duckdb import DuckDBWarehouse
+
+    s = settings(tmp_path, source="sample")
+    run_day(s)
+    clean = Staging(s.staging).read("clean", DAY)
+    broken = tmp_path / "broken.parquet"
+    pl.read_parquet(clean.files[0]).with_columns(
+        pl.when(pl.col("_source_row") == 3).then(None).otherwise(pl.col("trip_id")).alias("trip_id")
+    ).select(CLEAN_SCHEMA.keys()).write_parquet(broken)
+    warehouse = DuckDBWarehouse(str(tmp_path / "wh.duckdb"))
+    with pytest.raises(InfrastructureError, match="column trip_id has 1 null"):
+        warehouse.load(DAY, "run0009", StagedFiles([str(broken)], [], []))
+
+
+def test_staged_files_on_another_filesystem_are_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    link = os.link
+
+    def cross_device(source: str, target: Path) -> None:
+        if "wh.duckdb.files" in str(target):  # the warehouse's folder: "another filesystem"
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        link(source, target)
+
+    monkeypatch.setattr(os, "link", cross_device)
+    report = run_day(settings(tmp_path, source="sample"))
+    assert report.status == "published" and report.published_rows == 10
+    adopted = tmp_path / "wh.duckdb.files" / "20251115_run0001" / "trips" / "part-00000.parquet"
+    staged = Staging(str(tmp_path / "staging")).read("clean", DAY).files[0]
+    assert adopted.read_bytes() == Path(staged).read_bytes()
+    assert adopted.stat().st_ino != Path(staged).stat().st_ino

@@ -310,3 +310,27 @@ def test_synthetic_is_deterministic_and_of_the_day(tmp_path: Path) -> None:
     assert frames[0]["pickup_ts"].dt.date().unique().to_list() == [DAY]
     share = quarantined_trips(classify(frames[0].lazy(), None), "r").collect().height / 5000
     assert 0 < share < 0.05
+
+
+def test_synthetic_cardinalities_are_realistic() -> None:
+    """UUID text trip ids, about one distinct rider per 4 trips, a fleet of up to 300k drivers,
+    and a few percent of dirty rows (``riders >= rows``: every trip its own rider)."""
+    from tasks.sources.synthetic import DRIVERS, generate_chunk
+
+    rows = 40_000
+    frame = generate_chunk(DAY, start=0, count=rows, total=rows, seed=3, timezone="UTC")
+    uuid = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+    assert frame["trip_id"].str.contains(uuid).all()
+    assert 0.97 * rows < frame["trip_id"].n_unique() < rows  # re-sent trips repeat an id
+    assert 0.95 * rows / 4 < frame["rider_id"].n_unique() <= rows / 4
+    assert frame["driver_id"].n_unique() <= min(DRIVERS, rows // 4)
+    dirty = frame.filter(
+        (pl.col("distance_km") <= 0)
+        | (pl.col("fare_usd") < 0)
+        | (pl.col("dropoff_ts") < pl.col("pickup_ts"))
+    ).height
+    assert 0.01 < dirty / rows < 0.05
+    own = generate_chunk(DAY, start=0, count=rows, total=rows, seed=3, timezone="UTC", riders=rows)
+    assert own["rider_email"].n_unique() == rows
+    big = generate_chunk(DAY, start=0, count=rows, total=8_000_000, seed=3, timezone="UTC")
+    assert big["driver_id"].str.slice(1).cast(pl.Int64).max() < DRIVERS  # type: ignore[operator]

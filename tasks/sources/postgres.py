@@ -58,7 +58,7 @@ from tasks.errors import InfrastructureError, SchemaError, UsageError, describe_
 from tasks.formats import MAX_ABS_NUMBER
 from tasks.metrics import rows_done
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
-from tasks.staging import PARQUET_WRITE
+from tasks.staging import RAW_PARQUET_WRITE
 from tasks.transforms import to_raw, value_fingerprint
 
 T = TypeVar("T")
@@ -88,7 +88,7 @@ TABLE_DDL: Final = """
     pickup_ts timestamptz,
     dropoff_ts timestamptz,
     distance_km double precision,
-    fare_usd numeric(12, 2),
+    fare_usd numeric(10, 2),
     region text,
     rider_id text,
     rider_email text,
@@ -544,7 +544,7 @@ class PostgresSource:
             frame = self._contract(batches, first, described)
             self._check_numbers(frame, described, fingerprint)
             to_raw(frame, run_date, source_name, hash_email).sink_parquet(
-                out_dir / f"part-{part:05d}.parquet", **PARQUET_WRITE
+                out_dir / f"part-{part:05d}.parquet", **RAW_PARQUET_WRITE
             )
             rows_done("extract", sum(batch.num_rows for batch in batches))
 
@@ -608,11 +608,13 @@ def seed(
     seed_value: int = 42,
     chunk_rows: int = 500_000,
     progress: Callable[[int], None] | None = None,
+    riders: int | None = None,
 ) -> int:
     """Fill ``table`` with ``rows`` synthetic trips for ``run_date`` (replacing that day's rows).
 
     Creates the table and its index on ``pickup_ts`` if needed; the rows come from the synthetic
     generator (the same trips ``--source synthetic`` makes) and go in by ``COPY FROM STDIN``.
+    ``riders``: the generator's rider pool (default: one per 4 trips; ``>= rows``: one per trip).
     """
     from tasks.sources.synthetic import generate_chunk
 
@@ -644,6 +646,7 @@ def seed(
                         total=rows,
                         seed=seed_value,
                         timezone=timezone,
+                        riders=riders,
                     ).select(columns)
                     copy.write(
                         chunk.write_csv(

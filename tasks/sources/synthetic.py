@@ -1,10 +1,12 @@
 """A deterministic generator of realistic trips for one day, written in chunks straight to Parquet.
 
-Same (date, rows, seed) gives the same trips. Pickups follow a day's rhythm (morning and evening
-peaks), distances are log-normal, fares follow a base + per-km + per-minute tariff, and a small,
-realistic share of rows is dirty (zero distances, refunds booked as negative fares, dropoffs before
-pickups, re-sent trips) so the quality report has something to say. Never one giant frame: each
-chunk is generated, hashed and written on its own.
+Same (date, rows, seed) gives the same trips. Cardinalities are a real city's: trip ids are UUIDs
+(text), about one distinct rider per 4 trips (``RIDERS_PER_TRIP``), a fleet of up to
+``DRIVERS`` drivers. Pickups follow a day's rhythm (morning and evening peaks), distances are
+log-normal, fares follow a base + per-km + per-minute tariff rounded to cents, and a few percent of
+rows are dirty (zero distances, refunds booked as negative fares, dropoffs before pickups, re-sent
+trips) so the quality report has something to say. Never one giant frame: each chunk is generated,
+hashed and written on its own.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import polars as pl
 
 from tasks.metrics import rows_done
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
-from tasks.staging import PARQUET_WRITE
+from tasks.staging import RAW_PARQUET_WRITE
 from tasks.transforms import to_raw
 
 CHUNK_ROWS: Final = 500_000
@@ -28,14 +30,53 @@ REGIONS: Final = ("us-east", "us-west", "eu-west", "us-central", "ap-south")
 REGION_WEIGHTS: Final = (0.34, 0.26, 0.2, 0.12, 0.08)
 PAYMENT_TYPES: Final = ("card", "wallet", "cash")
 PAYMENT_WEIGHTS: Final = (0.62, 0.3, 0.08)
-#: Share of dirty rows, per kind (together about 0.6%).
-DIRTY_SHARE: Final = 0.0015
+#: Share of dirty rows, per kind (four kinds: together about 2%).
+DIRTY_SHARE: Final = 0.005
+#: Distinct riders per trip of the day (about 2M riders on an 8M-trip day).
+RIDERS_PER_TRIP: Final = 0.25
+#: The fleet: a day draws its drivers from this many (fewer on a small day).
+DRIVERS: Final = 300_000
+
+
+def trip_uuids(rng: np.random.Generator, count: int) -> pl.Series:
+    """``count`` random version-4 UUIDs as text (vectorised: no per-row Python)."""
+    raw = rng.integers(0, 256, size=(count, 16), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    hexed = pl.Series(np.frombuffer(raw.tobytes().hex().encode(), dtype="S32")).cast(pl.String)
+    return (
+        hexed.to_frame("h")
+        .select(
+            pl.concat_str(
+                [
+                    hexed.str.slice(0, 8),
+                    hexed.str.slice(8, 4),
+                    hexed.str.slice(12, 4),
+                    hexed.str.slice(16, 4),
+                    hexed.str.slice(20, 12),
+                ],
+                separator="-",
+            )
+        )
+        .to_series()
+    )
 
 
 def generate_chunk(
-    run_date: date, *, start: int, count: int, total: int, seed: int, timezone: str
+    run_date: date,
+    *,
+    start: int,
+    count: int,
+    total: int,
+    seed: int,
+    timezone: str,
+    riders: int | None = None,
 ) -> pl.DataFrame:
-    """Rows ``start .. start+count`` of the day's ``total`` trips, in contract columns."""
+    """Rows ``start .. start+count`` of the day's ``total`` trips, in contract columns.
+
+    ``riders``: how many riders the day's trips are drawn from (default ``total`` x
+    ``RIDERS_PER_TRIP``); ``riders >= total`` gives every trip a rider of its own.
+    """
     rng = np.random.default_rng([seed, run_date.toordinal(), start])
     # Pickup second of the local day: a mix of a flat base and morning/evening peaks.
     which = rng.choice(3, size=count, p=[0.4, 0.28, 0.32])
@@ -51,11 +92,12 @@ def generate_chunk(
     speed_kmh = rng.uniform(14, 42, count)
     minutes = distance / speed_kmh * 60 + rng.uniform(1, 6, count)
     fare = (2.5 + 1.15 * distance + 0.22 * minutes).round(2)
-    riders = max(1, total // 8)
-    drivers = max(1, total // 40)
-    rider = rng.integers(0, riders, count)
-    driver = rng.integers(0, drivers, count)
+    pool = max(1, int(total * RIDERS_PER_TRIP)) if riders is None else max(1, riders)
+    drivers = max(1, min(DRIVERS, total // 4))
     index = np.arange(start, start + count)
+    rider = index if pool >= total else rng.integers(0, pool, count)
+    driver = rng.integers(0, drivers, count)
+    ids = trip_uuids(rng, count)
 
     dirty = rng.random(count)
     distance = np.where(dirty < DIRTY_SHARE, 0.0, distance)
@@ -63,12 +105,12 @@ def generate_chunk(
     minutes = np.where((dirty >= 2 * DIRTY_SHARE) & (dirty < 3 * DIRTY_SHARE), -minutes, minutes)
     # Re-sent trips: the same trip_id as the row before it.
     resent = (dirty >= 3 * DIRTY_SHARE) & (dirty < 4 * DIRTY_SHARE) & (index > start)
-    trip_no = np.where(resent, index - 1, index)
+    trip_no = np.where(resent, index - 1, index) - start
 
     midnight = datetime(run_date.year, run_date.month, run_date.day)
     frame = pl.DataFrame(
         {
-            "_n": trip_no,
+            "trip_id": ids.gather(trip_no),
             "_seconds": seconds,
             "distance_km": distance,
             "fare_usd": fare,
@@ -80,7 +122,6 @@ def generate_chunk(
             "_source_row": index + 1,
         }
     )
-    day = run_date.strftime("%Y%m%d")
     pickup_local = pl.lit(midnight, dtype=pl.Datetime("us")) + pl.duration(
         seconds=pl.col("_seconds")
     )
@@ -88,7 +129,7 @@ def generate_chunk(
         timezone, ambiguous="earliest", non_existent="null"
     ).dt.convert_time_zone("UTC")
     return frame.select(
-        trip_id=pl.format("T{}-{}", pl.lit(day), pl.col("_n").cast(pl.String).str.zfill(9)),
+        trip_id=pl.col("trip_id"),
         pickup_ts=pickup_utc,
         dropoff_ts=pickup_utc
         + pl.duration(microseconds=(pl.col("_minutes") * 60e6).cast(pl.Int64)),
@@ -146,7 +187,7 @@ class SyntheticSource:
                     pending = pool.submit(generate, starts[part + 1])
                 name = f"synthetic:seed={self.seed}:part-{part:05d}"
                 to_raw(chunk.lazy(), run_date, name, hash_email).sink_parquet(
-                    out_dir / f"part-{part:05d}.parquet", **PARQUET_WRITE
+                    out_dir / f"part-{part:05d}.parquet", **RAW_PARQUET_WRITE
                 )
                 stats = stats + ExtractStats(chunk.height, chunk.height, 0, 0, 1)
                 rows_done("extract", chunk.height)

@@ -1,22 +1,36 @@
-"""DuckDB, the embedded default warehouse: one file, bulk-loaded straight from staged Parquet.
+"""DuckDB, the embedded default warehouse: one file, and views over the runs' own Parquet files.
 
-Write, audit, publish without copying the day twice: each run bulk-loads the day into tables of its
-own (``analytics_parts.trips_<YYYYMMDD>_<run>`` and its quarantine and region_daily siblings); the
-checks run there; publishing is one transaction that points the day at the run's tables in the
-partition registry (``analytics.partitions``), re-creates the views ``analytics.trips``,
-``analytics.trips_quarantine`` and ``analytics.region_daily`` over the published tables, writes the
-ledger row and drops the day's previous tables. Readers see the old day or the new one, never a mix;
-a failed check publishes nothing and leaves the run's tables for inspection.
+Write, audit, publish without a second copy of the day: each run adopts the day's staged Parquet
+into a folder of its own beside the database file (``<file>.files/<YYYYMMDD>_<run>/<table>/``: a
+hard link when staging is on the same filesystem, a copy otherwise, a download for ``s3://`` and
+``gs://`` staging) and creates views over those files (``analytics_parts.trips_<YYYYMMDD>_<run>``
+and its quarantine and region_daily siblings), typed as the published tables are (money stays
+``DECIMAL(18,2)``). The checks run on those views; publishing is one transaction that points the
+day at the run's views in the partition registry (``analytics.partitions``), re-creates the views
+``analytics.trips``, ``analytics.trips_quarantine`` and ``analytics.region_daily`` over the
+published ones, writes the ledger row and drops the day's previous views; once it has committed,
+the files of the runs the day no longer reads (the one it replaced, failed runs) are deleted.
+Readers see the old day or the new one, never a mix; a failed check publishes nothing and leaves
+the run's views and files for inspection until the day is published again.
+
+Files a published day reads are never rewritten or deleted before the day is replaced: staging
+re-runs replace their own folders (the adopted link keeps the run's bytes), and a load refuses to
+re-adopt a run that is published. Days published before views (tables in ``analytics_parts``)
+are read as they are and dropped when replaced.
 
 DuckDB allows one writer per file, so every write holds an exclusive lock on ``<file>.lock`` for its
 whole connection: concurrent runs (a backfill, or two runs of one day) load and publish one at a
-time.
+time, and no reader has the file open while a publish deletes the files a day no longer reads.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import os
+import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,19 +145,24 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (
 );
 """
 
-#: Order within a table carries no meaning here (lineage columns record it): let DuckDB load in
-#: parallel without preserving it.
-FAST_BULK_LOAD: Final = "SET preserve_insertion_order = false"
-
-#: Bulk load: DuckDB reads the staged Parquet itself (never row-by-row INSERTs).
-CREATE_RUN_TABLE: Final = (
-    f"CREATE OR REPLACE TABLE {PARTS_SCHEMA}.{{table}}_{{suffix}} ({{columns}});\n"
-    f"INSERT INTO {PARTS_SCHEMA}.{{table}}_{{suffix}} BY NAME\n"
-    "SELECT * FROM read_parquet($files, hive_partitioning = false);"
+#: A run's table: a view over its own Parquet files, each column cast to the published type.
+CREATE_RUN_VIEW: Final = (
+    f"CREATE OR REPLACE VIEW {PARTS_SCHEMA}.{{table}}_{{suffix}} AS\n"
+    "SELECT {casts}\nFROM read_parquet([{files}], hive_partitioning = false)"
 )
-CREATE_EMPTY_RUN_TABLE: Final = (
-    f"CREATE OR REPLACE TABLE {PARTS_SCHEMA}.{{table}}_{{suffix}} ({{columns}});"
+CREATE_EMPTY_RUN_VIEW: Final = (
+    f"CREATE OR REPLACE VIEW {PARTS_SCHEMA}.{{table}}_{{suffix}} AS\n"
+    f"SELECT * FROM {PARTS_SCHEMA}.{{table}}_empty"
 )
+#: Rows of a run's view and the nulls its files' statistics record in its NOT NULL columns
+#: (Parquet metadata only: nothing is scanned).
+RUN_ROWS: Final = f"SELECT count(*) FROM {PARTS_SCHEMA}.{{table}}_{{suffix}}"
+NULLS_IN_FILES: Final = """
+SELECT path_in_schema, sum(stats_null_count), count(*) - count(stats_null_count)
+FROM parquet_metadata($files)
+WHERE path_in_schema IN (SELECT unnest($columns::VARCHAR[]))
+GROUP BY path_in_schema
+"""
 
 STAGING_FIGURES: Final = """
 SELECT count(*) AS rows,
@@ -192,7 +211,18 @@ PUBLISHED_TABLE_NAMES: Final = f"""
 SELECT table_name FROM {SCHEMA}.partitions WHERE table_kind = $table_kind ORDER BY trip_date
 """
 CREATE_VIEW: Final = "CREATE OR REPLACE VIEW {schema}.{table} AS\n{selects}"
-DROP_PART: Final = f"DROP TABLE IF EXISTS {PARTS_SCHEMA}.{{name}}"
+#: A run's view (or, from before views, its table) that the day no longer reads.
+PART_KIND: Final = f"""
+SELECT 'VIEW' FROM duckdb_views() WHERE schema_name = '{PARTS_SCHEMA}' AND view_name = $name
+UNION ALL
+SELECT 'TABLE' FROM duckdb_tables() WHERE schema_name = '{PARTS_SCHEMA}' AND table_name = $name
+"""
+DROP_PART: Final = f"DROP {{kind}} IF EXISTS {PARTS_SCHEMA}.{{name}}"
+#: The runs of a day the ledger knows (their files go once another run's version is published).
+DAY_RUNS: Final = f"SELECT DISTINCT run_id FROM {SCHEMA}.runs WHERE run_date = $run_date"
+PUBLISHED_RUN: Final = f"""
+SELECT count(*) FROM {SCHEMA}.partitions WHERE table_name = $table_name
+"""
 INSERT_LEDGER: Final = f"""
 INSERT INTO {SCHEMA}.runs VALUES (
     $run_id, $run_date, $status, $source, $source_fingerprint, $format, $code_version,
@@ -218,6 +248,9 @@ PUBLISHED_TABLES: Final = (
     ("trips_quarantine", "quarantine", QUARANTINE_COLUMNS),
     ("region_daily", "region_daily", REGION_DAILY_COLUMNS),
 )
+
+#: The folder beside the database file that holds the runs' adopted Parquet files.
+FILES_SUFFIX: Final = ".files"
 
 LOCK_TIMEOUT_SECONDS: Final = 3600.0
 #: DuckDB's own memory budget (it spills to ``<file>.tmp`` beyond it), so a stage's pod can be
@@ -261,31 +294,54 @@ class DuckDBWarehouse:
             con.execute(CREATE_SCHEMAS)
             con.execute(CREATE_TABLES)
 
+    @property
+    def files_root(self) -> Path:
+        """Where the runs' adopted Parquet files live: ``<file>.files/``."""
+        return self.path.with_name(self.path.name + FILES_SUFFIX)
+
+    def run_files(self, suffix: str) -> Path:
+        """The folder of one run's adopted files (``<file>.files/<YYYYMMDD>_<run>``)."""
+        return self.files_root / identifier("t_" + suffix)[2:]
+
     def load(self, run_date: date, run_id: str, files: StagedFiles) -> LoadResult:
         suffix = staging_suffix(run_date, run_id)
         counts: dict[str, int] = {}
         with self.connect() as con:
             con.execute(CREATE_SCHEMAS)
             con.execute(CREATE_TABLES)
-            con.execute(FAST_BULK_LOAD)
-            _read_remote_files(con, files)
+            if _scalar(con, PUBLISHED_RUN, {"table_name": f"trips_{suffix}"}):
+                raise InfrastructureError(
+                    f"warehouse {self.path}: run {suffix} is published; its files are not "
+                    "replaced (start a new run to replace the day)"
+                )
+            folder = self.run_files(suffix)
+            shutil.rmtree(
+                folder, ignore_errors=True
+            )  # an earlier attempt of this (unpublished) run
             for table, field, columns in PUBLISHED_TABLES:
-                paths = list(getattr(files, field))
-                names = {"table": table, "suffix": suffix, "columns": columns}
+                names = {"table": table, "suffix": suffix}
                 try:
-                    if paths:
-                        con.execute(CREATE_RUN_TABLE.format(**names), {"files": paths})
+                    adopted = _adopt(list(getattr(files, field)), folder / table)
+                    if adopted:
+                        _check_not_null(con, adopted, columns, table)
+                        con.execute(
+                            CREATE_RUN_VIEW.format(
+                                **names, casts=_casts(columns), files=_sql_list(adopted)
+                            )
+                        )
                     else:
-                        con.execute(CREATE_EMPTY_RUN_TABLE.format(**names))
-                except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                        con.execute(CREATE_EMPTY_RUN_VIEW.format(**names))
+                    counts[table] = _scalar(con, RUN_ROWS.format(**names))
+                except (duckdb.IOException, duckdb.ConnectionException, OSError) as exc:
                     raise InfrastructureError(
                         f"warehouse {self.path}: loading {table}: {exc}"
                     ) from exc
-                row = con.execute(
-                    f"SELECT count(*) FROM {PARTS_SCHEMA}.{identifier(table)}_{suffix}"
-                ).fetchone()
-                counts[table] = int(row[0]) if row else 0
-                kill_point("load")  # the run's trips table loaded, its siblings not yet
+                except duckdb.BinderException as exc:
+                    raise InfrastructureError(
+                        f"warehouse {self.path}: the staged {table} files do not have the "
+                        f"published columns: {exc}"
+                    ) from exc
+                kill_point("load")  # the run's trips view created, its siblings not yet
         return LoadResult(
             suffix, counts["trips"], counts["trips_quarantine"], counts["region_daily"]
         )
@@ -334,14 +390,21 @@ class DuckDBWarehouse:
                         },
                     )
                     self._create_view(con, table)
+                day_runs = {str(r[0]) for r in con.execute(DAY_RUNS, day).fetchall()}
                 con.execute(INSERT_LEDGER, _ledger_params(ledger))
                 for name in sorted(previous - new_tables):
-                    con.execute(DROP_PART.format(name=identifier(name)))
+                    for (kind,) in con.execute(PART_KIND, {"name": name}).fetchall():
+                        con.execute(DROP_PART.format(kind=kind, name=identifier(name)))
                 kill_point("publish")  # everything done but the COMMIT
                 con.execute("COMMIT")
             except duckdb.Error as exc:
                 con.execute("ROLLBACK")
                 raise InfrastructureError(f"warehouse {self.path}: publish failed: {exc}") from exc
+            # Committed, and no reader has the file open (this connection holds the writer lock):
+            # the files of the day's other runs (the version replaced, failed runs, a replaced
+            # version a crash kept here) are read by nothing now.
+            for run in sorted(day_runs - {ledger.run_id}):
+                shutil.rmtree(self.run_files(staging_suffix(run_date, run)), ignore_errors=True)
 
     @staticmethod
     def _create_view(con: duckdb.DuckDBPyConnection, table: str) -> None:
@@ -385,24 +448,79 @@ class DuckDBWarehouse:
         return rows
 
 
-def _read_remote_files(con: duckdb.DuckDBPyConnection, files: StagedFiles) -> None:
-    """Let ``read_parquet`` read staged ``s3://``/``gs://`` URLs through the staging's own fsspec
-    filesystem and credentials (DuckDB's httpfs extension cannot be downloaded offline)."""
+def _columns(columns: str) -> list[tuple[str, str, bool]]:
+    """(name, SQL type, NOT NULL) of each column of a ``*_COLUMNS`` constant."""
+    out = []
+    for line in columns.strip().split(",\n"):
+        name, kind = line.strip().split(None, 1)
+        out.append((name, kind.replace("NOT NULL", "").strip(), "NOT NULL" in kind))
+    return out
+
+
+def _casts(columns: str) -> str:
+    return ", ".join(
+        f"CAST({identifier(name)} AS {kind}) AS {name}" for name, kind, _ in _columns(columns)
+    )
+
+
+def _sql_list(paths: list[str]) -> str:
+    return ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> int:
+    row = con.execute(sql, params).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _check_not_null(
+    con: duckdb.DuckDBPyConnection, files: list[str], columns: str, table: str
+) -> None:
+    """The published NOT NULL columns hold no null, by the files' own statistics (the views
+    cannot enforce it as the tables did; a column without statistics is counted)."""
+    required = [name for name, _, not_null in _columns(columns) if not_null]
+    found = con.execute(NULLS_IN_FILES, {"files": files, "columns": required}).fetchall()
+    for name, nulls, unknown in found:
+        if unknown:
+            row = con.execute(
+                f"SELECT count(*) FROM read_parquet($files) WHERE {identifier(name)} IS NULL",
+                {"files": files},
+            ).fetchone()
+            nulls = row[0] if row else 0
+        if nulls:
+            raise InfrastructureError(
+                f"staged {table} files: column {name} has {int(nulls):,} null value(s); "
+                "the published table does not allow nulls there"
+            )
+
+
+def _adopt(paths: list[str], folder: Path) -> list[str]:
+    """The run's own immutable copies of staged files: hard links where staging shares the
+    filesystem, copies otherwise, downloads for ``s3://``/``gs://``. Each is written under a
+    temporary name and renamed, so a file in ``folder`` is always whole."""
     from tasks.storage import filesystem_for, is_remote
 
-    remote = [
-        path
-        for paths in (files.trips, files.quarantine, files.region_daily)
-        for path in paths
-        if is_remote(path)
-    ]
-    registered: set[str] = set()
-    for path in remote:
-        fs = filesystem_for(path)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        if protocol not in registered:
-            con.register_filesystem(fs)
-            registered.add(protocol)
+    if not paths:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    adopted = []
+    for i, source in enumerate(paths):
+        target = folder / f"part-{i:05d}.parquet"
+        partial = folder / f".{target.name}.{secrets.token_hex(4)}"
+        try:
+            if is_remote(source):
+                filesystem_for(source).get_file(source, str(partial))
+            else:
+                try:
+                    os.link(source, partial)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                        raise
+                    shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        adopted.append(str(target.resolve()))
+    return adopted
 
 
 def _ledger_params(ledger: LedgerRow) -> dict[str, Any]:
