@@ -14,9 +14,11 @@ from tasks import steps
 from tasks.config import Settings, load_settings
 from tasks.errors import ChecksFailed
 from tasks.locks import day_lock
+from tasks.pod import require_shared
 from tasks.report import RunReport
 from tasks.sources import make_source
 from tasks.stages import RunContext
+from tasks.steps import NO_FLOW_RETRIES
 
 
 def default_run_date(settings: Settings) -> date:
@@ -36,6 +38,7 @@ def _run_name() -> str:
     description="Extract one day of trips, transform with Polars, stage Parquet, bulk-load, "
     "validate and publish the day exactly once.",
     log_prints=True,
+    **NO_FLOW_RETRIES,
 )
 def daily_trip_etl(
     run_date: date | None = None,
@@ -73,6 +76,8 @@ def daily_trip_etl(
             "min_rows": min_rows,
         }
     )
+    if stage_deployments:
+        require_shared(settings.staging, settings.warehouse, _duckdb_file(settings.warehouse))
     day = run_date or default_run_date(settings)
     ctx = RunContext.create(str(flow_run.id or "local"), day, settings)
     report = RunReport(ctx, flow_run_id=flow_run.id)
@@ -80,7 +85,10 @@ def daily_trip_etl(
         with day_lock(settings.staging, day):
             if stage_deployments:
                 run_stages_as_deployments(
-                    ctx, report, {"source": source, "source_format": source_format}
+                    ctx,
+                    report,
+                    {"source": source, "source_format": source_format},
+                    landed_run_id or None,  # "" from an event: none
                 )
             else:
                 _run_stages(ctx, report, landed_run_id or None)  # "" from an event: none
@@ -95,6 +103,19 @@ def daily_trip_etl(
         raise
     steps.publish_artifacts(report)
     return report.as_dict()
+
+
+def _duckdb_file(spec: str) -> str | None:
+    """The DuckDB file a warehouse spec names (a ``block:`` spec through its block), or None."""
+    kind, _, rest = spec.partition(":")
+    if kind == "duckdb":
+        return rest
+    if kind == "block":
+        from tasks.warehouses import load_block
+
+        block = load_block(rest)
+        return block.path if block.target == "duckdb" else None
+    return None
 
 
 def _run_stages(ctx: RunContext, report: RunReport, landed_run_id: str | None) -> None:

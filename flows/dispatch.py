@@ -9,6 +9,12 @@ memory. Publishing is one small warehouse transaction: it runs here, in the dail
 A stage run that *crashed* (its pod evicted, a spot node reclaimed, OOM-killed) is dispatched once
 more: every stage is idempotent. A stage that *failed* already had its in-pod retries; its
 recorded error (schema, checks, infrastructure) becomes the day's error.
+
+A day that ``tripflow land`` staged already (``landed_run_id``, from the ``tripflow.raw.landed``
+event) starts at transform: the daily run's own pod checks that the landed raw day is still the
+one staged (``tasks.landing``) and dispatches no extract; if it was replaced since, the extract
+deployment runs as usual. The transform of a landed day is given the accepted regions, not the
+source: a landed source's path may exist only on the landing machine.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import Any, Final
 
 from prefect.deployments import run_deployment
 
+from tasks import steps
 from tasks.checks import CheckResult
 from tasks.errors import InfrastructureError, error_from_dict
 from tasks.report import RunReport
+from tasks.sources import make_source
 from tasks.stages import ExtractOutput, RunContext, TransformOutput
 from tasks.warehouses import LoadResult
 
@@ -59,17 +67,31 @@ def run_stage(ctx: RunContext, stage: str, parameters: dict[str, Any]) -> dict[s
     raise AssertionError("unreachable")
 
 
-def run_stages_as_deployments(ctx: RunContext, report: RunReport, params: dict[str, Any]) -> None:
-    """extract, transform, load and validate as deployment runs; fills ``report`` as they end."""
+def run_stages_as_deployments(
+    ctx: RunContext, report: RunReport, params: dict[str, Any], landed_run_id: str | None = None
+) -> None:
+    """extract (unless the day landed), transform, load and validate as deployment runs; fills
+    ``report`` as they end."""
     source = {k: params[k] for k in ("source", "source_format")}
     staging = {"staging": ctx.settings.staging}
     warehouse = {"warehouse": ctx.settings.warehouse}
 
-    done = run_stage(ctx, "extract", {**source, **staging, "rows": ctx.settings.rows})
-    report.extracted = ExtractOutput(**done["output"])
-    report.add_stage(done["measure"])
+    landed = steps.landed_extract(ctx, landed_run_id) if landed_run_id else None
+    if landed is not None:
+        report.extracted, measure = landed
+        report.add_stage(measure)
+        regions = make_source(ctx.settings).region_set
+        transform_source = {
+            "source_format": params["source_format"],
+            "regions": sorted(regions) if regions is not None else [],
+        }
+    else:
+        done = run_stage(ctx, "extract", {**source, **staging, "rows": ctx.settings.rows})
+        report.extracted = ExtractOutput(**done["output"])
+        report.add_stage(done["measure"])
+        transform_source = source
 
-    done = run_stage(ctx, "transform", {**source, **staging})
+    done = run_stage(ctx, "transform", {**transform_source, **staging})
     report.transformed = TransformOutput(**done["output"])
     report.add_stage(done["measure"])
     report.read_regions()

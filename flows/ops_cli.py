@@ -45,10 +45,10 @@ def apply_automations(
     ] = None,
     stale_after: Annotated[
         str, typer.Option("--stale-after", help="Alert when no run Completed for this long.")
-    ] = "26h",
+    ] = automations.duration_text(automations.STALE_AFTER),
     running_longer_than: Annotated[
         str, typer.Option("--running-longer-than", help="Alert when a run is Running this long.")
-    ] = "4h",
+    ] = automations.duration_text(automations.RUNNING_LONGER_THAN),
     namespace: Annotated[
         str, typer.Option("--namespace", help="The pipeline pods' Kubernetes namespace.")
     ] = automations.NAMESPACE,

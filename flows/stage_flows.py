@@ -1,56 +1,55 @@
 """One flow per stage, so each stage can run as its own deployment in its own, right-sized pod.
 
-Each flow calls the matching plain function in ``tasks.stages`` with a ``RunContext``, measures
-its time and peak memory, and hands its output to the next stage through staging as a run record
-(``<staging>/_runs/<run_id>/<stage>.json``; a failure as ``<stage>-error.json``). Stages hand each
-other paths in staging, never frames, so ``staging`` must be a store every pod can reach (S3 or
-GCS; a local folder only when the stages share one machine). ``run_id`` names the pipeline run the
-stages belong to. ``flows/dispatch.py`` runs these deployments in order for ``daily-trip-etl``.
+Each flow calls the matching stage task of ``tasks.steps`` (the plain function of ``tasks.stages``,
+measured, its infrastructure errors retried inside the pod) with a ``RunContext``, and hands its
+output to the next stage through staging as a run record (``<staging>/_runs/<run_id>/<stage>.json``;
+a failure as ``<stage>-error.json``). Stages hand each other paths in staging, never frames, so
+``staging`` must be a store every pod can reach (S3 or GCS, or a folder on a volume every pod
+mounts; ``tasks.pod.require_shared`` refuses what no pod could share). ``run_id`` names the
+pipeline run the stages belong to. ``flows/dispatch.py`` runs these deployments in order for
+``daily-trip-etl``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import date
 from typing import Any
 
 from prefect import flow
 
-from tasks import stages
+from tasks import steps
 from tasks.config import load_settings
 from tasks.errors import ChecksFailed, TripflowError
-from tasks.metrics import StageMeasure, measure
 from tasks.stages import RunContext
-from tasks.warehouses import LoadResult, Usage
+from tasks.steps import NO_FLOW_RETRIES
+from tasks.warehouses import LoadResult
 
 
 def _context(run_date: date, run_id: str, **overrides: Any) -> RunContext:
     return RunContext.create(run_id, run_date, load_settings(overrides))
 
 
-@contextmanager
-def _recorded(ctx: RunContext, stage: str) -> Iterator[tuple[dict[str, Any], StageMeasure]]:
-    """Measure the stage; record its output (or its failure) in staging for the next stage."""
-    record: dict[str, Any] = {}
+def _record_failure(ctx: RunContext, stage: str, exc: TripflowError) -> None:
+    failure = {**exc.as_dict(), "failed": getattr(exc, "failed", None)}
+    ctx.staging.put_record(ctx.run_id, f"{stage}-error", failure)
+
+
+def _stage(ctx: RunContext, stage: str, run: Callable[[], tuple[Any, dict[str, Any]]]) -> Any:
+    """Run the stage's task (its in-pod retries of infrastructure errors included); record its
+    output and measure in staging for the next stage, or its failure for the daily run."""
     try:
-        with measure(stage) as m:
-            yield record, m
+        out, measure = run()
     except TripflowError as exc:
-        failure = {**exc.as_dict(), "failed": getattr(exc, "failed", None)}
-        ctx.staging.put_record(ctx.run_id, f"{stage}-error", failure)
+        _record_failure(ctx, stage, exc)
         raise
-    ctx.staging.put_record(ctx.run_id, stage, {**record, "measure": m.as_dict()})
+    output = asdict(out)
+    ctx.staging.put_record(ctx.run_id, stage, {"output": output, "measure": measure})
+    return output
 
 
-def _stage(ctx: RunContext, stage: str, work: Callable[[Usage], Any]) -> dict[str, Any]:
-    with _recorded(ctx, stage) as (record, m):
-        record["output"] = asdict(work(m.warehouse))
-    return dict(record["output"])
-
-
-@flow(name="tripflow-extract")
+@flow(name="tripflow-extract", **NO_FLOW_RETRIES)
 def extract_stage(
     run_date: date,
     run_id: str,
@@ -63,32 +62,40 @@ def extract_stage(
     ctx = _context(
         run_date, run_id, source=source, format=source_format, rows=rows, staging=staging
     )
-    return _stage(ctx, "extract", lambda _: stages.extract(ctx))
+    return dict(_stage(ctx, "extract", lambda: steps.extract(ctx)))
 
 
-@flow(name="tripflow-transform")
+@flow(name="tripflow-transform", **NO_FLOW_RETRIES)
 def transform_stage(
     run_date: date,
     run_id: str,
-    source: str = "synthetic",
+    source: str | None = None,
     source_format: str = "trips",
     staging: str | None = None,
+    regions: list[str] | None = None,
 ) -> dict[str, Any]:
-    """``raw/`` to ``clean/``, ``quarantine/`` and ``region_daily/``."""
-    ctx = _context(run_date, run_id, source=source, format=source_format, staging=staging)
-    return _stage(ctx, "transform", lambda _: stages.transform(ctx))
+    """``raw/`` to ``clean/``, ``quarantine/`` and ``region_daily/``.
+
+    The transform reads the staged raw day; of the source it only needs the accepted regions. A
+    landed day's source may exist only on the landing machine: the daily run then passes the
+    accepted ``regions`` instead of the ``source``.
+    """
+    ctx = _context(
+        run_date, run_id, source=source, format=source_format, staging=staging, regions=regions
+    )
+    return dict(_stage(ctx, "transform", lambda: steps.transform(ctx)))
 
 
-@flow(name="tripflow-load")
+@flow(name="tripflow-load", **NO_FLOW_RETRIES)
 def load_stage(
     run_date: date, run_id: str, staging: str | None = None, warehouse: str | None = None
 ) -> dict[str, Any]:
     """Bulk-load the staged day into this run's own warehouse staging tables."""
     ctx = _context(run_date, run_id, staging=staging, warehouse=warehouse)
-    return _stage(ctx, "load", lambda usage: stages.load(ctx, usage))
+    return dict(_stage(ctx, "load", lambda: steps.load(ctx)))
 
 
-@flow(name="tripflow-validate")
+@flow(name="tripflow-validate", **NO_FLOW_RETRIES)
 def validate_stage(
     run_date: date,
     run_id: str,
@@ -101,12 +108,17 @@ def validate_stage(
 ) -> list[dict[str, Any]]:
     """Run the checks on this run's staging tables; fail if any check fails."""
     ctx = _context(run_date, run_id, staging=staging, warehouse=warehouse, min_rows=min_rows)
-    with _recorded(ctx, "validate") as (record, m):
-        checks = stages.validate(ctx, extracted, quarantined, LoadResult(**loaded), m.warehouse)
-        record["output"] = [c.as_dict() for c in checks]
+    try:
+        checks, measure = steps.validate(ctx, extracted, quarantined, LoadResult(**loaded))
+    except TripflowError as exc:
+        _record_failure(ctx, "validate", exc)
+        raise
+    output = [c.as_dict() for c in checks]
+    # Every check's result is recorded, failed or not: the day's report shows them all.
+    ctx.staging.put_record(run_id, "validate", {"output": output, "measure": measure})
     failed = [c.name for c in checks if not c.passed]
     if failed:
         error = ChecksFailed(failed)
-        ctx.staging.put_record(run_id, "validate-error", {**error.as_dict(), "failed": failed})
+        _record_failure(ctx, "validate", error)
         raise error
-    return list(record["output"])
+    return output

@@ -44,6 +44,12 @@ def transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> boo
     return False
 
 
+#: Every flow of ours sets these, whatever a cluster-wide ``PREFECT_FLOWS_DEFAULT_RETRIES`` says:
+#: infrastructure errors are retried inside a stage (``STAGE_TASK``), a crashed stage pod is
+#: dispatched again (``flows.dispatch``), and a failed check or a schema error fails the day at
+#: once — never after a flow-level retry delay.
+NO_FLOW_RETRIES: dict[str, Any] = {"retries": 0, "retry_delay_seconds": 0}
+
 STAGE_TASK: dict[str, Any] = {
     "retries": 2,
     "retry_delay_seconds": RETRY_DELAYS,
@@ -92,7 +98,9 @@ def validate(
     return out, m.as_dict()
 
 
-@task(name="publish", timeout_seconds=2 * 3600, **STAGE_TASK)
+#: Publishing is one warehouse transaction in the daily run's pod; its timeout is part of that
+#: pod's deadline (tests/k8s/test_deadlines.py).
+@task(name="publish", timeout_seconds=1800, **STAGE_TASK)
 def publish(ctx: RunContext, loaded: LoadResult, ledger: LedgerRow) -> tuple[int, dict[str, Any]]:
     with measure("publish") as m:
         out = stages.publish(ctx, loaded, ledger, m.warehouse)
@@ -104,7 +112,7 @@ def record_failed_run(ctx: RunContext, ledger: LedgerRow) -> None:
     stages.record_run(ctx, ledger)
 
 
-@task(name="publish-artifacts", cache_policy=NO_CACHE)
+@task(name="publish-artifacts", retries=0, cache_policy=NO_CACHE)
 def publish_artifacts(report: RunReport) -> None:
     """Every run explains itself in the UI, under stable keys (so each shows its history):
     the regional summary, the quality report, the run ledger, the cost report, and a link to the
@@ -212,11 +220,14 @@ def cost_markdown(data: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for s in cost["stages"]:
-        where = " spot" if s["on_spot"] else ""
+        if s["requested_cpu"] is None:
+            pod = "no pod (costed by use)"
+        else:
+            where = " spot" if s["on_spot"] else ""
+            pod = f"{s['requested_cpu']:g} / {s['requested_memory_gib']:g}{where}"
         lines.append(
             f"| {s['name']} | {s['seconds']:.2f} | {s['cpu_seconds'] or 0:.2f} | "
-            f"{s['peak_rss_mb']:.0f} | {s['requested_cpu']:g} / {s['requested_memory_gib']:g}"
-            f"{where} | ${s['usd']:.6f} |"
+            f"{s['peak_rss_mb']:.0f} | {pod} | ${s['usd']:.6f} |"
         )
     lines += [
         "",
