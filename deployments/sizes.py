@@ -50,7 +50,7 @@ def _row(deployment: dict[str, Any]) -> str:
     return (
         f"| `{_flow_name(deployment['entrypoint'])}/{deployment['name']}` | {entry} | "
         f"{jv['cpu_request']}, {jv['memory_request']} / {jv['cpu_limit']}, {jv['memory_limit']} | "
-        f"{where} | {_duration(jv['active_deadline_seconds'])} |"
+        f"{where} | {jv['scratch_size_limit']} | {_duration(jv['active_deadline_seconds'])} |"
     )
 
 
@@ -58,8 +58,8 @@ def table() -> str:
     deployments = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))["deployments"]
     lines = [
         "| Deployment | Flow (entry point) | Pod: CPU, memory requests / limits | Where "
-        "| Deadline |",
-        "|---|---|---|---|---|",
+        "| Scratch (each emptyDir) | Deadline |",
+        "|---|---|---|---|---|---|",
         *(_row(d) for d in deployments),
     ]
     return "\n".join(lines)
