@@ -249,6 +249,7 @@ def test_downstream_refresh_trigger_fires_on_daily_completion(where: str) -> Non
     assert yaml.safe_load(path.read_text())["triggers"][0]["enabled"] is True
 
 
+@pytest.mark.usefixtures("prefect_server")  # each stage flow runs its stage as a Prefect task
 def test_stage_flows_hand_each_other_staging_paths(workdir: Path) -> None:
     """extract -> transform -> load -> validate, each called as its own flow would run in its
     own pod (here: the flow functions, in one process), on the seed's sample day."""
