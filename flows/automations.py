@@ -41,7 +41,7 @@ from prefect.automations import (
     SendNotification,
 )
 
-from flows.dispatch import STAGE_DEPLOYMENTS
+from flows.stages import STAGE_DEPLOYMENTS
 
 FLOW_NAME = "daily-trip-etl"
 #: Every automation's name starts with this; ``apply`` manages exactly these names.

@@ -20,7 +20,7 @@ from prefect.deployments import run_deployment
 
 from flows.daily import daily_trip_etl
 from tasks.errors import TripflowError, UsageError
-from tasks.steps import NO_FLOW_RETRIES
+from tasks.stage_tasks import NO_FLOW_RETRIES
 
 
 def days_between(start: date, end: date) -> list[date]:

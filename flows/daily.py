@@ -9,16 +9,16 @@ from zoneinfo import ZoneInfo
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.dispatch import run_stages_as_deployments
-from tasks import steps
+from flows.stages import run_stages_as_deployments
+from tasks import artifacts, stage_tasks
 from tasks.config import Settings, load_settings
 from tasks.errors import ChecksFailed
 from tasks.locks import day_lock
 from tasks.pod import require_shared
 from tasks.report import RunReport
 from tasks.sources import make_source
+from tasks.stage_tasks import NO_FLOW_RETRIES
 from tasks.stages import RunContext
-from tasks.steps import NO_FLOW_RETRIES
 
 
 def default_run_date(settings: Settings) -> date:
@@ -97,11 +97,11 @@ def daily_trip_etl(
         if hasattr(exc, "tripflow_stage"):
             report.add_stage(exc.tripflow_stage)
         report.fail(exc)
-        steps.record_failed_run(ctx, report.ledger("failed"), return_state=True)
-        steps.publish_artifacts(report, return_state=True)
+        artifacts.record_failed_run(ctx, report.ledger("failed"), return_state=True)
+        artifacts.publish_artifacts(report, return_state=True)
         exc.tripflow_report = report.as_dict()  # type: ignore[attr-defined]
         raise
-    steps.publish_artifacts(report)
+    artifacts.publish_artifacts(report)
     return report.as_dict()
 
 
@@ -120,15 +120,15 @@ def _duckdb_file(spec: str) -> str | None:
 
 def _run_stages(ctx: RunContext, report: RunReport, landed_run_id: str | None) -> None:
     """extract (unless it landed), transform, load, validate: each a Prefect task."""
-    landed = steps.landed_extract(ctx, landed_run_id) if landed_run_id else None
-    report.extracted, measure = landed or steps.extract(ctx)
+    landed = stage_tasks.landed_extract(ctx, landed_run_id) if landed_run_id else None
+    report.extracted, measure = landed or stage_tasks.extract(ctx)
     report.add_stage(measure)
-    report.transformed, measure = steps.transform(ctx)
+    report.transformed, measure = stage_tasks.transform(ctx)
     report.add_stage(measure)
     report.read_regions()
-    report.loaded, measure = steps.load(ctx)
+    report.loaded, measure = stage_tasks.load(ctx)
     report.add_stage(measure)
-    report.checks, measure = steps.validate(
+    report.checks, measure = stage_tasks.validate(
         ctx, report.rows["extracted"], report.rows["quarantined"], report.loaded
     )
     report.add_stage(measure)
@@ -141,5 +141,7 @@ def _publish(ctx: RunContext, report: RunReport) -> None:
         raise ChecksFailed(failed)
     assert report.loaded is not None
     report.status = "published"
-    report.published_rows, measure = steps.publish(ctx, report.loaded, report.ledger("published"))
+    report.published_rows, measure = stage_tasks.publish(
+        ctx, report.loaded, report.ledger("published")
+    )
     report.add_stage(measure)

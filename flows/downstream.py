@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 
 from tasks.config import load_settings
 from tasks.marts import refresh_region_window
-from tasks.steps import NO_FLOW_RETRIES
+from tasks.stage_tasks import NO_FLOW_RETRIES
 
 
 @flow(name="downstream-refresh", log_prints=True, **NO_FLOW_RETRIES)

@@ -139,12 +139,11 @@ class InProcessDeployments:
         from types import SimpleNamespace
         from uuid import uuid4
 
-        from flows import stage_flows
-        from flows.dispatch import STAGE_DEPLOYMENTS
+        from flows import stages
 
         self.calls.append((name, parameters))
-        [stage] = [s for s, d in STAGE_DEPLOYMENTS.items() if d == name]
-        flow = getattr(stage_flows, f"{stage}_stage")
+        [stage] = [s for s, d in stages.STAGE_DEPLOYMENTS.items() if d == name]
+        flow = getattr(stages, f"{stage}_stage")
         return SimpleNamespace(id=uuid4(), state=flow(**parameters, return_state=True))
 
     def stages(self) -> list[str]:
@@ -163,10 +162,10 @@ def shared() -> Any:
 
 @pytest.fixture
 def deployments(monkeypatch: pytest.MonkeyPatch) -> InProcessDeployments:
-    import flows.dispatch
+    import flows.stages
 
     stand_in = InProcessDeployments()
-    monkeypatch.setattr(flows.dispatch, "run_deployment", stand_in)
+    monkeypatch.setattr(flows.stages, "run_deployment", stand_in)
     return stand_in
 
 

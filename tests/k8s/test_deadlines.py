@@ -2,7 +2,7 @@
 
 Every figure is read where it is defined, never copied: the Jobs' ``active_deadline_seconds`` and
 ``pod_watch_timeout_seconds`` from prefect.yaml, the dispatch attempts of a crashed stage from
-``flows.dispatch``, the publish and landed-extract task timeouts from ``tasks.steps``, the
+``flows.stages``, the publish and landed-extract task timeouts from ``tasks.stage_tasks``, the
 worker's polling interval from work_pools/worker-values.yaml (or Prefect's default), the alert's
 window and watched flows from ``flows.automations`` and the server's proactive evaluation period
 from Prefect's settings. deployments/AUTOMATIONS.md must say the same.
@@ -20,8 +20,8 @@ import yaml
 from k8s.k8s_support import ROOT, WORKER_VALUES, deployments_by_name, flow_name_of
 
 from flows import automations
-from flows.dispatch import CRASH_ATTEMPTS, STAGE_DEPLOYMENTS
-from tasks import steps
+from flows.stages import CRASH_ATTEMPTS, STAGE_DEPLOYMENTS
+from tasks import stage_tasks
 
 _BLOCK = uuid.UUID(int=1)  # any notification block id: only the triggers are read
 
@@ -72,7 +72,7 @@ def daily_budget_seconds(orchestrator: str) -> float:
         )
         stages += CRASH_ATTEMPTS * attempt
     own = _job_variables(orchestrator)["pod_watch_timeout_seconds"]
-    timeouts = steps.landed_extract.timeout_seconds, steps.publish.timeout_seconds
+    timeouts = stage_tasks.landed_extract.timeout_seconds, stage_tasks.publish.timeout_seconds
     assert all(t is not None for t in timeouts)
     return stages + sum(t for t in timeouts if t is not None) + own
 

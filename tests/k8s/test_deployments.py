@@ -50,10 +50,10 @@ def test_entry_points_are_real_flows_with_the_expected_names() -> None:
     names = {
         "daily-trip-etl": ("flows/daily.py:daily_trip_etl", "daily-trip-etl"),
         "backfill": ("flows/backfill.py:backfill", "backfill"),
-        "extract": ("flows/stage_flows.py:extract_stage", "tripflow-extract"),
-        "transform": ("flows/stage_flows.py:transform_stage", "tripflow-transform"),
-        "load": ("flows/stage_flows.py:load_stage", "tripflow-load"),
-        "validate": ("flows/stage_flows.py:validate_stage", "tripflow-validate"),
+        "extract": ("flows/stages.py:extract_stage", "tripflow-extract"),
+        "transform": ("flows/stages.py:transform_stage", "tripflow-transform"),
+        "load": ("flows/stages.py:load_stage", "tripflow-load"),
+        "validate": ("flows/stages.py:validate_stage", "tripflow-validate"),
         "region-30d": ("flows/downstream.py:downstream_refresh", "downstream-refresh"),
         "backfill-day": ("flows/daily.py:daily_trip_etl", "daily-trip-etl"),
     }
@@ -253,7 +253,7 @@ def test_downstream_refresh_trigger_fires_on_daily_completion(where: str) -> Non
 def test_stage_flows_hand_each_other_staging_paths(workdir: Path) -> None:
     """extract -> transform -> load -> validate, each called as its own flow would run in its
     own pod (here: the flow functions, in one process), on the seed's sample day."""
-    from flows import stage_flows
+    from flows import stages as stage_flows
 
     day = date(2025, 11, 15)
     common = {"staging": str(workdir / "staging")}

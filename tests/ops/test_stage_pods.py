@@ -35,7 +35,7 @@ from helpers import (
     tripflow,
 )
 
-from flows.dispatch import STAGE_DEPLOYMENTS
+from flows.stages import STAGE_DEPLOYMENTS
 from tasks.marts import MART
 from tasks.staging import Staging
 
@@ -44,10 +44,10 @@ POOL = "tripflow-ops-stages"
 DAILY = "daily-trip-etl"
 REFRESH = "downstream-refresh/region-30d"
 ENTRYPOINTS = {
-    "extract": "flows/stage_flows.py:extract_stage",
-    "transform": "flows/stage_flows.py:transform_stage",
-    "load": "flows/stage_flows.py:load_stage",
-    "validate": "flows/stage_flows.py:validate_stage",
+    "extract": "flows/stages.py:extract_stage",
+    "transform": "flows/stages.py:transform_stage",
+    "load": "flows/stages.py:load_stage",
+    "validate": "flows/stages.py:validate_stage",
 }
 
 
