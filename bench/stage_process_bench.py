@@ -4,7 +4,7 @@
 
 In ``tripflow run`` all stages share one process, so a stage's peak RSS there includes what earlier
 stages left allocated. Here extract, transform, load, validate and publish each run in a fresh
-Python process that imports what a stage pod imports (Prefect and ``flows.stage_flows``) and runs
+Python process that imports what a stage pod imports (Prefect and ``flows.stages``) and runs
 the plain stage function, handing each other the staged day exactly as the per-stage deployments
 do; each reports its wall time and its process's peak RSS (VmHWM: interpreter, Prefect, Polars and
 DuckDB included). These are the figures the stage pods' memory limits are set from.
@@ -29,7 +29,7 @@ from tasks.config import load_settings
 from tasks.metrics import peak_rss_mb
 from tasks.report import RunReport
 from tasks import stages
-import flows.stage_flows  # what a stage pod imports: Prefect and the stage flows
+import flows.stages  # what a stage pod imports: Prefect and the stage flows
 stage, rows, work = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 settings = load_settings({"rows": rows, "staging": str(work / "staging"),
     "warehouse": f"duckdb:{work / 'wh.duckdb'}", "pii_key_file": str(work / "pii.key")}, environ={})

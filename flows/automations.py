@@ -14,10 +14,13 @@ action to one notification block), applied idempotently by name (``apply``; the 
   (``OOMKilled``, ``Error``) it emits ``prefect.kubernetes.pod.evicted`` with the reason in the
   resource label ``kubernetes.reason`` and its diagnosis in ``kubernetes.diagnosis``
   (prefect-kubernetes 0.8.0, ``observer.py``): both are matched, and the message carries both.
-- ``tripflow-daily-running-long`` (proactive, per flow run): a ``daily-trip-etl`` run entered
-  Running and reached no final state within 4 hours, longer than the daily Job's
-  ``activeDeadlineSeconds`` (3 h): a run still "Running" then has lost its pod
-  (PrefectHQ/prefect#21022: OOM-killed runs left Running forever).
+- ``tripflow-daily-running-long`` (proactive, per flow run): a run of ``daily-trip-etl`` or of one
+  of its stage flows (``tripflow-extract`` …) entered Running and reached no final state within
+  45 minutes. The window is shorter than every one of these deployments' Job
+  ``activeDeadlineSeconds`` (stages 1 to 2 h; the daily run's covers its stages' deadlines twice
+  over, ``tests/k8s/test_deadlines.py``), so a stuck stage, or a run that lost its pod
+  (PrefectHQ/prefect#21022: OOM-killed runs left Running forever), is alerted before any deadline
+  ends it.
 
 Proactive triggers are evaluated by the server's triggers service every 5 seconds.
 """
@@ -38,6 +41,8 @@ from prefect.automations import (
     SendNotification,
 )
 
+from flows.stages import STAGE_DEPLOYMENTS
+
 FLOW_NAME = "daily-trip-etl"
 #: Every automation's name starts with this; ``apply`` manages exactly these names.
 PREFIX = "tripflow-"
@@ -48,14 +53,21 @@ STALE = f"{PREFIX}daily-stale"
 POD_FAILED = f"{PREFIX}k8s-pod-failed"
 RUNNING_LONG = f"{PREFIX}daily-running-long"
 
-#: The defaults: no Completed run for 26 hours; Running for longer than 4 hours.
+#: The defaults: no Completed run for 26 hours; Running for longer than 45 minutes (less than the
+#: shortest Job deadline of the flows it watches: tests/k8s/test_deadlines.py).
 STALE_AFTER = timedelta(hours=26)
-RUNNING_LONGER_THAN = timedelta(hours=4)
+RUNNING_LONGER_THAN = timedelta(minutes=45)
+#: The flows whose runs "Running longer than" watches: the day and each of its stages.
+RUNNING_LONG_FLOWS = (FLOW_NAME, *(name.split("/")[0] for name in STAGE_DEPLOYMENTS.values()))
 #: The pipeline's Kubernetes namespace (prefect.yaml): a failed pod there is one of ours.
 NAMESPACE = "data-pipeline"
 
 #: The flow the daily runs belong to, as a related resource of every flow-run event.
 _DAILY_FLOW = {"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME}
+_DAILY_AND_STAGE_FLOWS = {
+    "prefect.resource.role": "flow",
+    "prefect.resource.name": list(RUNNING_LONG_FLOWS),
+}
 _FINAL_STATES = {
     "prefect.flow-run.Completed",
     "prefect.flow-run.Failed",
@@ -95,7 +107,7 @@ reason: {{ event.resource.get('kubernetes.reason') or 'unknown' }}
 diagnosis: {{ event.resource.get('kubernetes.diagnosis') or 'none' }}
 {% if event.resource.get('kubernetes.reason') == 'OOMKilled' -%}
 The container was killed for exceeding its memory limit: raise the stage's memory_limit job \
-variable (deployments/README.md, "Memory limits") or give it less data per run.
+variable (prefect.yaml; deployments/README.md, "Memory") or give it less data per run.
 {% endif -%}
 flow run: {{ flow_run.name }} ({{ flow_run|ui_url }})
 state: {{ flow_run.state.name }}
@@ -105,11 +117,12 @@ RUNNING_LONG_SUBJECT = (
     "tripflow: {{ flow_run.name }} Running longer than {{ automation.trigger.within }}"
 )
 RUNNING_LONG_BODY = """\
-tripflow daily run {{ flow_run.name }} has been Running for more than \
+tripflow run {{ flow_run.name }} has been Running for more than \
 {{ automation.trigger.within }} without finishing.
 run_date: {{ flow_run.parameters.get('run_date') or 'default (yesterday)' }}
-Its Job's activeDeadlineSeconds should have ended it: the run has probably lost its pod \
-(OOM-killed, evicted, node gone). Check the pod, then cancel or re-run the day.
+A day's stages take minutes: this run is stuck, or has lost its pod (OOM-killed, evicted, node \
+gone). Its Job's activeDeadlineSeconds ends it later; check the pod now, then cancel or re-run \
+the day.
 link: {{ flow_run|ui_url }}"""
 
 
@@ -174,12 +187,13 @@ def definitions(
         ),
         Automation(
             name=RUNNING_LONG,
-            description=f"Notify when a {FLOW_NAME} run is Running for over {running_longer_than}.",
+            description=f"Notify when a {FLOW_NAME} run or one of its stages' runs is Running "
+            f"for over {running_longer_than}.",
             tags=TAGS,
             trigger=EventTrigger(
                 after={"prefect.flow-run.Running"},
                 match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related=_DAILY_FLOW,  # type: ignore[arg-type]
+                match_related=_DAILY_AND_STAGE_FLOWS,  # type: ignore[arg-type]
                 expect=_FINAL_STATES,
                 for_each={"prefect.resource.id"},
                 posture=Posture.Proactive,
@@ -268,6 +282,15 @@ async def save_webhook_block(name: str, url: str) -> UUID:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def duration_text(delta: timedelta) -> str:
+    """The shortest ``parse_duration`` text for ``delta``: ``26h``, ``45m``, ``20s``."""
+    seconds = delta.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_duration(text: str) -> timedelta:

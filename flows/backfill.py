@@ -20,6 +20,7 @@ from prefect.deployments import run_deployment
 
 from flows.daily import daily_trip_etl
 from tasks.errors import TripflowError, UsageError
+from tasks.stage_tasks import NO_FLOW_RETRIES
 
 
 def days_between(start: date, end: date) -> list[date]:
@@ -58,7 +59,9 @@ def _one_day(day: date, params: dict[str, Any], deployment: str | None = None) -
         return {**report, "run_date": day.isoformat(), "status": "failed", "message": message}
 
 
-@flow(name="backfill", description="Run daily-trip-etl for every day of a range.")
+@flow(
+    name="backfill", description="Run daily-trip-etl for every day of a range.", **NO_FLOW_RETRIES
+)
 def backfill(
     start: date,
     end: date,

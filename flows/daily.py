@@ -9,13 +9,15 @@ from zoneinfo import ZoneInfo
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.dispatch import run_stages_as_deployments
-from tasks import steps
+from flows.stages import run_stages_as_deployments
+from tasks import artifacts, stage_tasks
 from tasks.config import Settings, load_settings
 from tasks.errors import ChecksFailed
 from tasks.locks import day_lock
+from tasks.pod import require_shared
 from tasks.report import RunReport
 from tasks.sources import make_source
+from tasks.stage_tasks import NO_FLOW_RETRIES
 from tasks.stages import RunContext
 
 
@@ -36,6 +38,7 @@ def _run_name() -> str:
     description="Extract one day of trips, transform with Polars, stage Parquet, bulk-load, "
     "validate and publish the day exactly once.",
     log_prints=True,
+    **NO_FLOW_RETRIES,
 )
 def daily_trip_etl(
     run_date: date | None = None,
@@ -73,6 +76,8 @@ def daily_trip_etl(
             "min_rows": min_rows,
         }
     )
+    if stage_deployments:
+        require_shared(settings.staging, settings.warehouse, _duckdb_file(settings.warehouse))
     day = run_date or default_run_date(settings)
     ctx = RunContext.create(str(flow_run.id or "local"), day, settings)
     report = RunReport(ctx, flow_run_id=flow_run.id)
@@ -80,7 +85,10 @@ def daily_trip_etl(
         with day_lock(settings.staging, day):
             if stage_deployments:
                 run_stages_as_deployments(
-                    ctx, report, {"source": source, "source_format": source_format}
+                    ctx,
+                    report,
+                    {"source": source, "source_format": source_format},
+                    landed_run_id or None,  # "" from an event: none
                 )
             else:
                 _run_stages(ctx, report, landed_run_id or None)  # "" from an event: none
@@ -89,25 +97,38 @@ def daily_trip_etl(
         if hasattr(exc, "tripflow_stage"):
             report.add_stage(exc.tripflow_stage)
         report.fail(exc)
-        steps.record_failed_run(ctx, report.ledger("failed"), return_state=True)
-        steps.publish_artifacts(report, return_state=True)
+        artifacts.record_failed_run(ctx, report.ledger("failed"), return_state=True)
+        artifacts.publish_artifacts(report, return_state=True)
         exc.tripflow_report = report.as_dict()  # type: ignore[attr-defined]
         raise
-    steps.publish_artifacts(report)
+    artifacts.publish_artifacts(report)
     return report.as_dict()
+
+
+def _duckdb_file(spec: str) -> str | None:
+    """The DuckDB file a warehouse spec names (a ``block:`` spec through its block), or None."""
+    kind, _, rest = spec.partition(":")
+    if kind == "duckdb":
+        return rest
+    if kind == "block":
+        from tasks.warehouses import load_block
+
+        block = load_block(rest)
+        return block.path if block.target == "duckdb" else None
+    return None
 
 
 def _run_stages(ctx: RunContext, report: RunReport, landed_run_id: str | None) -> None:
     """extract (unless it landed), transform, load, validate: each a Prefect task."""
-    landed = steps.landed_extract(ctx, landed_run_id) if landed_run_id else None
-    report.extracted, measure = landed or steps.extract(ctx)
+    landed = stage_tasks.landed_extract(ctx, landed_run_id) if landed_run_id else None
+    report.extracted, measure = landed or stage_tasks.extract(ctx)
     report.add_stage(measure)
-    report.transformed, measure = steps.transform(ctx)
+    report.transformed, measure = stage_tasks.transform(ctx)
     report.add_stage(measure)
     report.read_regions()
-    report.loaded, measure = steps.load(ctx)
+    report.loaded, measure = stage_tasks.load(ctx)
     report.add_stage(measure)
-    report.checks, measure = steps.validate(
+    report.checks, measure = stage_tasks.validate(
         ctx, report.rows["extracted"], report.rows["quarantined"], report.loaded
     )
     report.add_stage(measure)
@@ -120,5 +141,7 @@ def _publish(ctx: RunContext, report: RunReport) -> None:
         raise ChecksFailed(failed)
     assert report.loaded is not None
     report.status = "published"
-    report.published_rows, measure = steps.publish(ctx, report.loaded, report.ledger("published"))
+    report.published_rows, measure = stage_tasks.publish(
+        ctx, report.loaded, report.ledger("published")
+    )
     report.add_stage(measure)

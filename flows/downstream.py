@@ -17,9 +17,10 @@ from prefect.runtime import flow_run
 
 from tasks.config import load_settings
 from tasks.marts import refresh_region_window
+from tasks.stage_tasks import NO_FLOW_RETRIES
 
 
-@flow(name="downstream-refresh", log_prints=True)
+@flow(name="downstream-refresh", log_prints=True, **NO_FLOW_RETRIES)
 def downstream_refresh(
     days: int = 30,
     staging: str | None = None,

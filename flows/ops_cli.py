@@ -43,11 +43,23 @@ def apply_automations(
         ),
     ] = None,
     stale_after: Annotated[
-        str, typer.Option("--stale-after", help="Alert when no run Completed for this long.")
-    ] = "26h",
+        str | None,
+        typer.Option(
+            "--stale-after",
+            help="Alert when no run Completed for this long "
+            "[default: flows.automations.STALE_AFTER, 26h].",
+            show_default=False,
+        ),
+    ] = None,
     running_longer_than: Annotated[
-        str, typer.Option("--running-longer-than", help="Alert when a run is Running this long.")
-    ] = "4h",
+        str | None,
+        typer.Option(
+            "--running-longer-than",
+            help="Alert when a run is Running this long "
+            "[default: flows.automations.RUNNING_LONGER_THAN, 45m].",
+            show_default=False,
+        ),
+    ] = None,
     namespace: Annotated[
         str | None,
         typer.Option(
@@ -62,8 +74,12 @@ def apply_automations(
     from flows import automations  # imports Prefect: only for this command
 
     try:
-        stale = automations.parse_duration(stale_after)
-        running = automations.parse_duration(running_longer_than)
+        stale = automations.parse_duration(stale_after) if stale_after else automations.STALE_AFTER
+        running = (
+            automations.parse_duration(running_longer_than)
+            if running_longer_than
+            else automations.RUNNING_LONGER_THAN
+        )
     except ValueError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None

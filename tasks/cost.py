@@ -1,51 +1,55 @@
 """Cost and right-sizing: pure arithmetic over measured stage figures and configured prices.
 
-Each stage runs (on the Kubernetes pool) in a pod of its own with the requests below — the seed's
-sizes, which the deployments in ``prefect.yaml`` use too. A stage's estimated cost is its wall time
-times its pod's requested CPU and memory at the configured prices, on-demand, and on spot where the
-stage is placed there (transform). Right-sizing reads the peak memory of recent runs, measured for a
-stage's whole process (Python, Prefect, Polars and DuckDB included).
+On the Kubernetes pool each stage runs in a pod of its own, and its measure carries that pod's
+requests and capacity as the pod learned them from its Job (the downward API, ``tasks.pod``): the
+sizes in ``prefect.yaml`` are the only copy. Publish runs in the daily run's pod and is costed at
+that pod's size. A stage's estimated cost is its wall time times its pod's requested CPU and
+memory at the configured prices, on-demand, or on spot where the pod was placed there. A stage
+that ran in no pod (``tripflow run`` on a laptop) is costed by what it used (its CPU seconds and
+peak memory for its wall time) and says so (``basis``). Right-sizing reads the peak memory of
+recent runs, measured for a stage's whole process (Python, Prefect, Polars and DuckDB included).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from tasks.config import Settings
 
-
-@dataclass(frozen=True)
-class PodSize:
-    cpu: float
-    memory_gib: float
-    spot: bool = False
-
-
-#: The pod each stage asks for (the seed's sizes; publish runs in the load pod's size).
-STAGE_REQUESTS: Final[dict[str, PodSize]] = {
-    "extract": PodSize(0.5, 1.0),
-    "transform": PodSize(2.0, 8.0, spot=True),
-    "load": PodSize(0.5, 0.5),
-    "validate": PodSize(0.2, 0.25),
-    "publish": PodSize(0.5, 0.5),
-}
+#: The stages, in the order they run (the right-sizing table's order).
+STAGES: Final = ("extract", "transform", "load", "validate", "publish")
 
 #: The seed's always-on CronJob pods, for comparison: 12 pods of 16 GB, $6,800 a month.
 SEED_MONTHLY_USD: Final = 6800.0
 DAYS_PER_MONTH: Final = 30.4
+#: ``basis`` of a stage costed by its pod's requests, or (no pod) by what it used.
+POD_REQUESTS: Final = "pod requests"
+MEASURED_USE: Final = "measured use (not in a pod)"
 
 
 def stage_cost(measure: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """One stage's pod-hours and estimated dollars, on-demand and (where it runs there) on spot."""
-    size = STAGE_REQUESTS.get(str(measure["name"]), PodSize(0.5, 1.0))
+    """One stage's pod-hours and estimated dollars, on-demand and (where it ran there) on spot."""
     hours = float(measure["seconds"]) / 3600
-    on_demand = hours * (
-        size.cpu * settings.price_vcpu_hour + size.memory_gib * settings.price_gib_hour
-    )
-    spot = on_demand * settings.spot_price_fraction
+    pod = measure.get("pod")
+    if pod:
+        cpu, memory_gib, spot = (
+            float(pod["cpu_request"]),
+            float(pod["memory_request_gib"]),
+            bool(pod["spot"]),
+        )
+        basis = POD_REQUESTS
+        on_demand = hours * (cpu * settings.price_vcpu_hour + memory_gib * settings.price_gib_hour)
+    else:
+        cpu, memory_gib, spot = None, None, False
+        basis = MEASURED_USE
+        cpu_hours = float(measure.get("cpu_seconds") or 0) / 3600
+        peak_gib = float(measure["peak_rss_mb"]) / 1024
+        on_demand = (
+            cpu_hours * settings.price_vcpu_hour + hours * peak_gib * settings.price_gib_hour
+        )
+    spot_usd = on_demand * settings.spot_price_fraction
     return {
         "name": measure["name"],
         "seconds": measure["seconds"],
@@ -53,11 +57,12 @@ def stage_cost(measure: Mapping[str, Any], settings: Settings) -> dict[str, Any]
         "peak_rss_mb": measure["peak_rss_mb"],
         # VmHWM (the stage's own peak) or ru_maxrss (the process's since start); None: not recorded
         "peak_rss_method": measure.get("peak_rss_method"),
-        "requested_cpu": size.cpu,
-        "requested_memory_gib": size.memory_gib,
-        "on_spot": size.spot,
+        "basis": basis,
+        "requested_cpu": cpu,
+        "requested_memory_gib": memory_gib,
+        "on_spot": spot,
         "on_demand_usd": round(on_demand, 8),
-        "usd": round(spot if size.spot else on_demand, 8),
+        "usd": round(spot_usd if spot else on_demand, 8),
     }
 
 
@@ -113,15 +118,31 @@ def _round_up(mib: float, step: int) -> int:
     return int(math.ceil(mib / step) * step)
 
 
-def recommend(peaks_by_stage: Mapping[str, list[float]]) -> list[dict[str, Any]]:
+def current_requests(measures: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Each stage's memory request as the pod it ran in last reported it (newest first)."""
+    out: dict[str, str] = {}
+    for m in measures:
+        pod = m.get("pod")
+        name = str(m["name"])
+        if name not in out:
+            out[name] = (
+                f"{_round_up(float(pod['memory_request_gib']) * 1024, 1)}Mi" if pod else ("no pod")
+            )
+    return out
+
+
+def recommend(
+    peaks_by_stage: Mapping[str, list[float]], requested: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Memory request and limit per stage from the peaks (MiB) of recent runs.
 
     Request: the largest recent peak plus 25% headroom, rounded up to 64 MiB; limit: the largest
     peak plus 50%, rounded up to 128 MiB (a limit below a real peak is an OOM kill waiting to
-    happen, one far above it is the seed's 16 GB guesswork).
+    happen, one far above it is the seed's 16 GB guesswork). ``requested``: what each stage's pod
+    requests now (``current_requests``); "no pod" where it ran in none.
     """
     out = []
-    for stage in STAGE_REQUESTS:
+    for stage in STAGES:
         peaks = peaks_by_stage.get(stage, [])
         if not peaks:
             continue
@@ -133,7 +154,7 @@ def recommend(peaks_by_stage: Mapping[str, list[float]]) -> list[dict[str, Any]]
                 "max_peak_mib": round(top, 1),
                 "memory_request": f"{_round_up(top * 1.25, 64)}Mi",
                 "memory_limit": f"{_round_up(top * 1.5, 128)}Mi",
-                "current_request": f"{STAGE_REQUESTS[stage].memory_gib:g}Gi",
+                "current_request": (requested or {}).get(stage, "no pod"),
             }
         )
     return out

@@ -11,7 +11,7 @@ from typing import Any
 
 from tasks.checks import quarantine_share
 from tasks.config import Settings
-from tasks.cost import recommend, run_cost
+from tasks.cost import current_requests, recommend, run_cost
 
 CHART_FILE = "tripflow-report.svg"
 
@@ -60,7 +60,9 @@ def stage_peaks(runs: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
 
 def recommendations(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Memory requests and limits per stage from the peaks of recent published runs."""
-    return recommend(stage_peaks([r for r in runs if r["status"] == "published"]))
+    published = [r for r in runs if r["status"] == "published"]
+    measures = [m for r in published for m in r["stages"].get("measures", [])]
+    return recommend(stage_peaks(published), current_requests(measures))
 
 
 def chart_path(warehouse_spec: str) -> Path:

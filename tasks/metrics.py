@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, cast
 
+from tasks.pod import PodResources, current_pod
 from tasks.warehouses.base import Usage
 
 Listener = Callable[[str, str, dict[str, object]], None]
@@ -71,6 +72,8 @@ class StageMeasure:
     failed: bool = False
     #: What the warehouse's queries in this stage processed and billed (where it reports bytes).
     warehouse: Usage = field(default_factory=Usage)
+    #: The pod the stage ran in (its requests and limits, from the downward API); None locally.
+    pod: PodResources | None = field(default_factory=current_pod)
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -84,6 +87,8 @@ class StageMeasure:
             out["warehouse_bytes_processed"] = self.warehouse.bytes_processed
         if self.warehouse.bytes_billed is not None:
             out["warehouse_bytes_billed"] = self.warehouse.bytes_billed
+        if self.pod is not None:
+            out["pod"] = self.pod.as_dict()
         return out
 
 

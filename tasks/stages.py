@@ -3,7 +3,7 @@
 extract -> ``raw/``; transform ``raw/`` -> ``clean/``, ``quarantine/``, ``region_daily/``;
 load those into the run's own warehouse staging tables; validate there; publish the day.
 Each stage reads what the one before staged (never an in-memory frame), so any stage can run in
-its own process or pod and be retried alone. Prefect wrappers live in ``tasks.steps``.
+its own process or pod and be retried alone. Prefect wrappers live in ``tasks.stage_tasks``.
 """
 
 from __future__ import annotations

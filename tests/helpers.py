@@ -80,3 +80,16 @@ def run_sample_day(deployment: str, staging: Path, warehouse: Path, *extra: str)
     found = re.search(r"UUID:\s*([0-9a-f-]{36})", done.stdout)
     assert found, done.stdout
     return uuid.UUID(found.group(1))
+
+
+#: Where tests put staging and DuckDB files that per-stage "pods" (processes) share: outside the
+#: folders a pod keeps to itself (``tasks.pod.SCRATCH_MOUNTS``: /tmp and /home/tripflow), which
+#: ``stage_deployments`` refuses. /var/tmp is the system's other temporary folder.
+SHARED_TMP = Path("/var/tmp")
+
+
+def shared_folder(prefix: str) -> Path:
+    """A new folder under ``SHARED_TMP`` (the caller removes it)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"tripflow-{prefix}-", dir=SHARED_TMP))

@@ -18,7 +18,7 @@ from prefect.states import Completed, Failed
 
 from flows.daily import daily_trip_etl
 from tasks.errors import ChecksFailed, InfrastructureError, SchemaError
-from tasks.steps import transient
+from tasks.stage_tasks import transient
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from helpers import tripflow
+from helpers import TLC_CSV, shared_folder, tripflow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
@@ -125,6 +125,117 @@ def test_a_landing_without_its_record_fails_naming_it(workdir: Path) -> None:
     staging = str(workdir / "staging")
     with pytest.raises(InfrastructureError, match="landing land-missing of 2025-11-15"):
         daily_trip_etl(run_date=DAY, source="sample", staging=staging, landed_run_id="land-missing")
+
+
+class InProcessDeployments:
+    """A stand-in for ``run_deployment`` (named so): runs the stage deployment's flow in this
+    process, as a subflow of the daily run, and records what was dispatched with which
+    parameters. The real dispatch, on a worker, is in tests/ops/test_stage_pods.py."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, name: str, *, parameters: dict[str, Any], **_: Any) -> Any:
+        from types import SimpleNamespace
+        from uuid import uuid4
+
+        from flows import stages
+
+        self.calls.append((name, parameters))
+        [stage] = [s for s, d in stages.STAGE_DEPLOYMENTS.items() if d == name]
+        flow = getattr(stages, f"{stage}_stage")
+        return SimpleNamespace(id=uuid4(), state=flow(**parameters, return_state=True))
+
+    def stages(self) -> list[str]:
+        return [name.split("/")[1] for name, _ in self.calls]
+
+
+@pytest.fixture
+def shared() -> Any:
+    """A folder the stage "pods" share (stage_deployments refuses one under /tmp)."""
+    import shutil
+
+    folder = shared_folder("landing")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def deployments(monkeypatch: pytest.MonkeyPatch) -> InProcessDeployments:
+    import flows.stages
+
+    stand_in = InProcessDeployments()
+    monkeypatch.setattr(flows.stages, "run_deployment", stand_in)
+    return stand_in
+
+
+def test_per_stage_run_of_a_landed_day_dispatches_no_extract(
+    workdir: Path, shared: Path, deployments: InProcessDeployments
+) -> None:
+    """The landed-event trigger with stage_deployments: the daily pod checks the landed raw day
+    and starts at transform; the landing machine's source path reaches no stage (here it is gone
+    by the time the day runs)."""
+    import shutil
+
+    landing = workdir / "landing"
+    landing.mkdir()
+    shutil.copy(TLC_CSV, landing / "trips.csv")
+    staging = str(shared / "staging")
+    done = tripflow(
+        "land",
+        "--date",
+        "2019-01-01",
+        "--source",
+        f"file:{landing / 'trips.csv'}",
+        "--format",
+        "nyc-tlc-yellow",
+        "--staging",
+        staging,
+        "--no-emit",
+        "--json",
+        cwd=workdir,
+    )
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout)
+    landed = event["payload"]["landed_run_id"]
+    shutil.rmtree(landing)  # the landing machine's files: not on any pod
+
+    report = daily_trip_etl(
+        run_date=date(2019, 1, 1),
+        source=event["payload"]["source"],
+        source_format="nyc-tlc-yellow",
+        staging=staging,
+        warehouse=f"duckdb:{shared / 'warehouse.duckdb'}",
+        landed_run_id=landed,
+        stage_deployments=True,
+    )
+    assert report["status"] == "published"
+    assert deployments.stages() == ["transform", "load", "validate"]
+    for _, parameters in deployments.calls:
+        assert "source" not in parameters, parameters
+    assert report["rows"]["extracted"] == event["payload"]["rows"]
+    assert Staging(staging).read("raw", date(2019, 1, 1)).manifest["run_id"] == landed
+    assert "extract-landed" in _task_names(report["flow_run_id"])
+
+
+def test_per_stage_run_of_a_replaced_landing_extracts_again(
+    workdir: Path, shared: Path, deployments: InProcessDeployments
+) -> None:
+    staging = str(shared / "staging")
+    landed = _land(workdir, staging)["payload"]["landed_run_id"]
+    _land(workdir, staging)  # a second landing replaces the raw day
+    report = daily_trip_etl(
+        run_date=DAY,
+        source="sample",
+        staging=staging,
+        warehouse=f"duckdb:{shared / 'warehouse.duckdb'}",
+        landed_run_id=landed,
+        stage_deployments=True,
+    )
+    assert report["status"] == "published"
+    assert deployments.stages() == ["extract", "transform", "load", "validate"]
+    assert deployments.calls[0][1]["source"] == "sample"
+    assert Staging(staging).read("raw", DAY).manifest["run_id"] == report["run_id"]
 
 
 def test_region_window_sums_the_days_of_the_window() -> None:

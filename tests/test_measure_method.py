@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from tasks import metrics
+from tasks.artifacts import cost_markdown
 from tasks.config import load_settings
 from tasks.report import RunReport
 from tasks.stages import RunContext
-from tasks.steps import cost_markdown
 
 
 def _report(tmp_path: Path) -> RunReport:

@@ -16,14 +16,78 @@ from tasks.history import per_day, run_rows
 SETTINGS = load_settings({}, environ={})
 
 
-def test_stage_cost_uses_the_pod_size_and_spot_for_transform() -> None:
-    extract = stage_cost({"name": "extract", "seconds": 3600, "peak_rss_mb": 1}, SETTINGS)
+def _pod(cpu: float, memory_gib: float, *, spot: bool = False) -> dict[str, object]:
+    return {
+        "cpu_request": cpu,
+        "cpu_limit": cpu * 2,
+        "memory_request_gib": memory_gib,
+        "memory_limit_gib": memory_gib * 1.5,
+        "spot": spot,
+    }
+
+
+def test_stage_cost_uses_the_size_of_the_pod_it_ran_in_and_spot_where_it_was() -> None:
+    extract = stage_cost(
+        {"name": "extract", "seconds": 3600, "peak_rss_mb": 1, "pod": _pod(0.5, 1.0)}, SETTINGS
+    )
     # 0.5 vCPU and 1 GiB for an hour, on-demand
     assert extract["usd"] == pytest.approx(0.5 * 0.0316 + 1.0 * 0.0042)
-    transform = stage_cost({"name": "transform", "seconds": 1800, "peak_rss_mb": 1}, SETTINGS)
-    on_demand = 0.5 * (2 * 0.0316 + 8 * 0.0042)
+    assert extract["basis"] == "pod requests" and not extract["on_spot"]
+    transform = stage_cost(
+        {"name": "transform", "seconds": 1800, "peak_rss_mb": 1, "pod": _pod(2, 1, spot=True)},
+        SETTINGS,
+    )
+    on_demand = 0.5 * (2 * 0.0316 + 1 * 0.0042)
     assert transform["on_demand_usd"] == pytest.approx(on_demand)
     assert transform["usd"] == pytest.approx(on_demand * 0.3) and transform["on_spot"]
+
+
+def test_a_stage_that_ran_in_no_pod_is_costed_by_its_use_and_says_so() -> None:
+    local = stage_cost(
+        {"name": "transform", "seconds": 3600, "cpu_seconds": 1800, "peak_rss_mb": 512}, SETTINGS
+    )
+    assert local["basis"] == "measured use (not in a pod)"
+    assert local["requested_cpu"] is None and local["requested_memory_gib"] is None
+    assert not local["on_spot"]
+    assert local["usd"] == pytest.approx(0.5 * 0.0316 + 0.5 * 0.0042)
+
+
+def test_a_pod_learns_its_size_from_the_downward_api_env() -> None:
+    from tasks.pod import current_pod
+
+    assert current_pod({}) is None  # not in a pod
+    pod = current_pod(
+        {
+            "TRIPFLOW_POD_CPU_REQUEST_MILLICORES": "250",
+            "TRIPFLOW_POD_CPU_LIMIT_MILLICORES": "1000",
+            "TRIPFLOW_POD_MEMORY_REQUEST_MIB": "768",
+            "TRIPFLOW_POD_MEMORY_LIMIT_MIB": "1024",
+            "TRIPFLOW_POD_CAPACITY": "spot",
+        }
+    )
+    assert pod is not None
+    assert (pod.cpu_request, pod.cpu_limit) == (0.25, 1.0)
+    assert (pod.memory_request_gib, pod.memory_limit_gib) == (0.75, 1.0)
+    assert pod.spot
+
+
+def test_the_stage_measure_carries_its_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.metrics import measure
+
+    with measure("load") as local:
+        pass
+    assert "pod" not in local.as_dict()
+    for name, value in {
+        "TRIPFLOW_POD_CPU_REQUEST_MILLICORES": "500",
+        "TRIPFLOW_POD_CPU_LIMIT_MILLICORES": "1000",
+        "TRIPFLOW_POD_MEMORY_REQUEST_MIB": "768",
+        "TRIPFLOW_POD_MEMORY_LIMIT_MIB": "1024",
+        "TRIPFLOW_POD_CAPACITY": "on-demand",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with measure("load") as in_pod:
+        pass
+    assert in_pod.as_dict()["pod"] == _pod(0.5, 0.75) | {"cpu_limit": 1.0, "memory_limit_gib": 1.0}
 
 
 def test_run_cost_adds_warehouse_bytes_billed() -> None:
@@ -74,12 +138,26 @@ def test_stage_measure_carries_the_warehouse_usage() -> None:
 
 
 def test_recommend_rounds_up_with_headroom() -> None:
-    recs = {r["stage"]: r for r in recommend({"extract": [300.0, 410.0], "load": [100.0]})}
+    peaks = {"extract": [300.0, 410.0], "load": [100.0]}
+    recs = {r["stage"]: r for r in recommend(peaks, {"extract": "1024Mi", "load": "no pod"})}
     assert recs["extract"]["memory_request"] == "576Mi"  # 410 * 1.25 = 512.5 -> 576
     assert recs["extract"]["memory_limit"] == "640Mi"  # 410 * 1.5 = 615 -> 640
     assert recs["extract"]["runs"] == 2
     assert recs["load"]["memory_request"] == "128Mi"
     assert "transform" not in recs
+    assert recs["extract"]["current_request"] == "1024Mi"
+    assert recs["load"]["current_request"] == "no pod"
+
+
+def test_current_requests_come_from_the_newest_measure_of_each_stage() -> None:
+    from tasks.cost import current_requests
+
+    measures = [
+        {"name": "extract", "seconds": 1, "peak_rss_mb": 1, "pod": _pod(0.5, 1.0)},
+        {"name": "extract", "seconds": 1, "peak_rss_mb": 1, "pod": _pod(0.5, 8.0)},
+        {"name": "load", "seconds": 1, "peak_rss_mb": 1},
+    ]
+    assert current_requests(measures) == {"extract": "1024Mi", "load": "no pod"}
 
 
 def ledger_row(day: str, status: str, loaded: int, finished: int) -> dict[str, object]:

@@ -7,9 +7,12 @@ It starts from the default template of the pinned prefect-kubernetes (the same d
   where the Kubernetes schema has no such fields; they belong to the Job spec);
 - adds our variables, each one referenced in ``job_manifest`` (an unreferenced variable is
   silently ignored by the worker);
-- hardens the pod: non-root, read-only root filesystem with emptyDirs for /tmp and the app home,
-  no privilege escalation, every capability dropped, seccomp RuntimeDefault, no API token;
-- reads the PII key from a Kubernetes Secret (never a job variable).
+- hardens the pod: non-root, read-only root filesystem with emptyDirs for /tmp and the app home
+  (``tasks.pod.SCRATCH_MOUNTS``, which also tells the flow what pods cannot share), no privilege
+  escalation, every capability dropped, seccomp RuntimeDefault, no API token;
+- reads the PII key from a Kubernetes Secret (never a job variable);
+- tells the pod its own requests, limits and capacity label through the downward API
+  (``tasks.pod.DOWNWARD_API_ENV``): the cost report prices each stage by the pod it ran in.
 
 Regenerate (``tests/k8s/test_template.py`` fails when the committed file differs):
 
@@ -25,10 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tasks.pod import DOWNWARD_API_ENV, SCRATCH_MOUNTS
+
 OUT = Path(__file__).with_name("kubernetes.json")
 
-#: Where the image keeps its code and its writable home (see the Dockerfile).
-APP_HOME = "/home/tripflow"
 UID = 10001
 
 #: Variables we change or add: name -> JSON schema (with the default).
@@ -165,10 +168,7 @@ def default_template() -> dict[str, Any]:
 
 
 def job_manifest() -> dict[str, Any]:
-    volume_mounts = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "home", "mountPath": APP_HOME},
-    ]
+    volume_mounts = [{"name": name, "mountPath": path} for name, path in SCRATCH_MOUNTS.items()]
     container = {
         "name": "prefect-job",
         "image": "{{ image }}",
@@ -181,7 +181,8 @@ def job_manifest() -> dict[str, Any]:
             {
                 "name": "TRIPFLOW_PII_KEY",
                 "valueFrom": {"secretKeyRef": {"name": "{{ pii_key_secret_name }}", "key": "key"}},
-            }
+            },
+            *({"name": name, "valueFrom": source} for name, source in DOWNWARD_API_ENV.items()),
         ],
         "resources": {
             "requests": {"cpu": "{{ cpu_request }}", "memory": "{{ memory_request }}"},
@@ -233,8 +234,8 @@ def job_manifest() -> dict[str, Any]:
                     },
                     "containers": [container],
                     "volumes": [
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "{{ scratch_size_limit }}"}},
-                        {"name": "home", "emptyDir": {"sizeLimit": "{{ scratch_size_limit }}"}},
+                        {"name": name, "emptyDir": {"sizeLimit": "{{ scratch_size_limit }}"}}
+                        for name in SCRATCH_MOUNTS
                     ],
                 }
             },

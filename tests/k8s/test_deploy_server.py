@@ -14,7 +14,7 @@ import subprocess
 from typing import Any
 
 from helpers import prefect_cli
-from k8s.k8s_support import TEMPLATE, k8s_validate
+from k8s.k8s_support import TEMPLATE, deployments_by_name, k8s_validate
 
 
 def _prefect(*args: str) -> subprocess.CompletedProcess[str]:
@@ -116,6 +116,10 @@ def _check_deploy() -> None:
     job = stored["job"]
     k8s_validate(job)
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}
+    shipped = deployments_by_name()["transform"]["work_pool"]["job_variables"]
+    assert container["resources"]["requests"] == {
+        "cpu": shipped["cpu_request"],
+        "memory": shipped["memory_request"],
+    }
     assert container["resources"]["limits"]["memory"] == "20Gi"  # the run's override
     assert job["spec"]["template"]["spec"]["tolerations"][0]["key"] == "analytics"

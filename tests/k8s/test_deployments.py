@@ -50,10 +50,10 @@ def test_entry_points_are_real_flows_with_the_expected_names() -> None:
     names = {
         "daily-trip-etl": ("flows/daily.py:daily_trip_etl", "daily-trip-etl"),
         "backfill": ("flows/backfill.py:backfill", "backfill"),
-        "extract": ("flows/stage_flows.py:extract_stage", "tripflow-extract"),
-        "transform": ("flows/stage_flows.py:transform_stage", "tripflow-transform"),
-        "load": ("flows/stage_flows.py:load_stage", "tripflow-load"),
-        "validate": ("flows/stage_flows.py:validate_stage", "tripflow-validate"),
+        "extract": ("flows/stages.py:extract_stage", "tripflow-extract"),
+        "transform": ("flows/stages.py:transform_stage", "tripflow-transform"),
+        "load": ("flows/stages.py:load_stage", "tripflow-load"),
+        "validate": ("flows/stages.py:validate_stage", "tripflow-validate"),
         "region-30d": ("flows/downstream.py:downstream_refresh", "downstream-refresh"),
         "backfill-day": ("flows/daily.py:daily_trip_etl", "daily-trip-etl"),
     }
@@ -91,35 +91,46 @@ def test_daily_deployment_schedule_retries_and_limits() -> None:
     assert daily["parameters"] == {"stage_deployments": True}
     assert inspect.signature(_flow(daily["entrypoint"]).fn).parameters["run_date"].default is None
     assert {"tripflow", "production"} <= set(daily["tags"])
-    env = daily["work_pool"]["job_variables"]["env"]
-    assert int(env["PREFECT_FLOWS_DEFAULT_RETRIES"]) >= 1
     assert daily["work_pool"]["job_variables"]["active_deadline_seconds"] > 0
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
 
     ConcurrencyLimitConfig.model_validate(daily["concurrency_limit"])
 
 
-def test_flow_default_retries_setting_is_the_one_prefect_reads() -> None:
-    """The env var in job_variables really sets a flow's retries when the flow sets none."""
+def test_no_flow_retries_even_under_a_cluster_wide_default() -> None:
+    """Every flow of every deployment sets retries=0: a PREFECT_FLOWS_DEFAULT_RETRIES set on the
+    cluster (the env var Prefect reads for flows that set none) cannot re-run a failed check."""
+    import json
     import os
     import subprocess
     import sys
 
-    code = "from flows.daily import daily_trip_etl as f; print(f.retries, f.retry_delay_seconds)"
+    entrypoints = sorted({d["entrypoint"] for d in deployments_by_name().values()})
+    code = (
+        "import json, sys\n"
+        "from prefect.flows import load_flow_from_entrypoint\n"
+        "out = {}\n"
+        "for e in sys.argv[1:]:\n"
+        "    f = load_flow_from_entrypoint(e)\n"
+        "    out[e] = [f.retries, f.retry_delay_seconds]\n"
+        "print(json.dumps(out))\n"
+    )
     out = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *entrypoints],
         cwd=ROOT,
         env={
             **os.environ,
-            "PREFECT_FLOWS_DEFAULT_RETRIES": "1",
+            "PREFECT_FLOWS_DEFAULT_RETRIES": "2",
             "PREFECT_FLOWS_DEFAULT_RETRY_DELAY_SECONDS": "300",
         },
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=True,
-    ).stdout.split()
-    assert out == ["1", "300"]
+    ).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert set(found) == set(entrypoints)
+    assert {e: r for e, (r, _) in found.items() if r != 0} == {}
 
 
 def test_backfill_runs_under_a_concurrency_limit() -> None:
@@ -238,10 +249,11 @@ def test_downstream_refresh_trigger_fires_on_daily_completion(where: str) -> Non
     assert yaml.safe_load(path.read_text())["triggers"][0]["enabled"] is True
 
 
+@pytest.mark.usefixtures("prefect_server")  # each stage flow runs its stage as a Prefect task
 def test_stage_flows_hand_each_other_staging_paths(workdir: Path) -> None:
     """extract -> transform -> load -> validate, each called as its own flow would run in its
     own pod (here: the flow functions, in one process), on the seed's sample day."""
-    from flows import stage_flows
+    from flows import stages as stage_flows
 
     day = date(2025, 11, 15)
     common = {"staging": str(workdir / "staging")}

@@ -1,8 +1,9 @@
 """Every deployment's Job, as the Kubernetes worker renders and submits it, checked and snapshotted.
 
 Rendering uses prefect-kubernetes' own code (see conftest.py); validation uses the Kubernetes
-OpenAPI schema in strict mode (kubernetes-validate, offline). The expected sizes below are the
-issue's (the seed's per-stage sizes), written here independently of prefect.yaml on purpose.
+OpenAPI schema in strict mode (kubernetes-validate, offline). Pod sizes are read from prefect.yaml
+(their one copy) and checked against the peaks measured for each stage in its own process; the
+deadlines are checked in test_deadlines.py.
 
 Refresh the snapshot after an intended change, then review the diff:
 
@@ -35,19 +36,22 @@ SNAPSHOT = SNAPSHOTS / "deployments.json"
 SPOT_SELECTOR = {"workload": "analytics"}
 SPOT_TOLERATION = {"key": "analytics", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 
-#: deployment -> (cpu request, memory request, on the spot pool, activeDeadlineSeconds)
-EXPECTED: dict[str, tuple[str, str, bool, int]] = {
-    # Orchestrates the stage deployments' pods and publishes: small, but alive the longest.
-    "daily-trip-etl": ("250m", "512Mi", False, 14400),
-    "extract": ("500m", "1Gi", False, 3600),
-    "transform": ("2", "8Gi", True, 7200),
-    "load": ("500m", "512Mi", False, 3600),
-    "validate": ("200m", "256Mi", False, 1800),
-    # Both only wait on other runs' pods (the days', the stages'): small, on-demand.
-    "backfill": ("250m", "512Mi", False, 86400),
-    "backfill-day": ("250m", "512Mi", False, 14400),
-    "region-30d": ("250m", "512Mi", False, 1800),
+#: The deployments placed on the spot pool (the heavy, idempotent stage).
+SPOT = {"transform"}
+
+#: Each stage's peak memory (MiB) measured in its own process on an 8M-trip day, the larger of the
+#: synthetic day (bench/README.md, bench/stage_process_bench.py) and the PostgreSQL day
+#: (bench/POSTGRES.md, 847 MB extract = 808 MiB). The orchestrating pods run publish (217 MiB).
+MEASURED_PEAK_MIB = {
+    "extract": 808,
+    "transform": 854,
+    "load": 671,
+    "validate": 639,
+    "daily-trip-etl": 217,
+    "backfill-day": 217,
 }
+#: A limit this far above the measured peak at least: room for a larger day before an OOM kill.
+LIMIT_HEADROOM = Decimal("1.5")
 
 _SUFFIX = {"m": Decimal("0.001"), "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
@@ -75,13 +79,30 @@ def _render_deployment(render, name: str):
     )
 
 
-def test_every_deployment_is_covered() -> None:
-    assert set(deployments_by_name()) == set(EXPECTED)
+def test_every_stage_and_orchestrating_pod_has_a_measured_peak() -> None:
+    assert set(MEASURED_PEAK_MIB) <= set(deployments_by_name())
+    assert set(deployments_by_name()) >= SPOT
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(MEASURED_PEAK_MIB))
+def test_memory_requests_cover_the_measured_peaks_with_headroom_in_the_limits(name: str) -> None:
+    """The scheduler places a pod by its request: a request below the stage's real peak
+    overcommits the node, and that pod is the first evicted."""
+    variables = deployments_by_name()[name]["work_pool"]["job_variables"]
+    peak = Decimal(MEASURED_PEAK_MIB[name]) * 2**20
+    assert quantity(variables["memory_request"]) >= peak, (name, variables["memory_request"])
+    assert quantity(variables["memory_limit"]) >= peak * LIMIT_HEADROOM, (
+        name,
+        variables["memory_limit"],
+    )
+
+
+@pytest.mark.parametrize("name", sorted(deployments_by_name()))
 def test_rendered_job_is_valid_sized_bounded_and_hardened(render, name: str) -> None:
-    cpu, memory, spot, deadline = EXPECTED[name]
+    from tasks import pod as pod_module
+
+    variables = deployments_by_name()[name]["work_pool"]["job_variables"]
+    spot = name in SPOT
     config, job = _render_deployment(render, name)
 
     k8s_validate(job)
@@ -90,7 +111,7 @@ def test_rendered_job_is_valid_sized_bounded_and_hardened(render, name: str) -> 
     assert job["metadata"]["generateName"] == f"{name}-snapshot-run-"
     spec = job["spec"]
     assert spec["backoffLimit"] == 0
-    assert spec["activeDeadlineSeconds"] == deadline
+    assert spec["activeDeadlineSeconds"] == variables["active_deadline_seconds"] > 0
     assert spec["ttlSecondsAfterFinished"] == 3600
     assert spec["completions"] == spec["parallelism"] == 1
 
@@ -98,11 +119,15 @@ def test_rendered_job_is_valid_sized_bounded_and_hardened(render, name: str) -> 
     assert pod["restartPolicy"] == "Never"
     assert pod["serviceAccountName"] == "tripflow-pipeline"
     assert pod["automountServiceAccountToken"] is False
+    capacity = job["metadata"]["labels"][pod_module.CAPACITY_LABEL]
+    assert spec["template"]["metadata"]["labels"][pod_module.CAPACITY_LABEL] == capacity
     if spot:
+        assert capacity == "spot"
         assert pod["nodeSelector"] == SPOT_SELECTOR
         assert pod["tolerations"] == [SPOT_TOLERATION]
         assert config.pod_watch_timeout_seconds >= 600
     else:
+        assert capacity == "on-demand"
         assert pod["nodeSelector"] == {} and pod["tolerations"] == []
         assert config.pod_watch_timeout_seconds >= 60
 
@@ -112,7 +137,10 @@ def test_rendered_job_is_valid_sized_bounded_and_hardened(render, name: str) -> 
     assert container["args"] == ["prefect", "flow-run", "execute"]
     assert "command" not in container
     resources = container["resources"]
-    assert resources["requests"] == {"cpu": cpu, "memory": memory}
+    assert resources["requests"] == {
+        "cpu": variables["cpu_request"],
+        "memory": variables["memory_request"],
+    }
     for kind in ("cpu", "memory"):
         assert quantity(resources["limits"][kind]) >= quantity(resources["requests"][kind]), kind
 
@@ -142,10 +170,26 @@ def test_rendered_job_is_valid_sized_bounded_and_hardened(render, name: str) -> 
     # The deployment's env wins over the worker's own PREFECT_HOME, which leaks in otherwise.
     assert env["PREFECT_HOME"]["value"] == "/home/tripflow/.prefect"
     assert env["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"]["value"] == "reschedule"
-    assert env["PREFECT_FLOWS_DEFAULT_RETRIES"]["value"] == "1"
+    # No flow-level retries in any pod (a failed check must fail the day at once).
+    assert not {n for n in env if n.startswith("PREFECT_FLOWS_DEFAULT_RETRY")}, sorted(env)
+    # The pod learns its own requests, limits and capacity from its Job (the cost report's only
+    # source of pod sizes).
+    for var, source in pod_module.DOWNWARD_API_ENV.items():
+        assert env[var] == {"name": var, "valueFrom": source}, var
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(deployments_by_name()))
+def test_deployment_env_is_the_shipped_pod_env(name: str) -> None:
+    """Every deployment's env is prefect.yaml's pod_env, and it sets no default flow retries."""
+    from k8s.k8s_support import load_prefect_yaml
+
+    pod_env = load_prefect_yaml()["definitions"]["pod_env"]
+    env = deployments_by_name()[name]["work_pool"]["job_variables"]["env"]
+    assert env == pod_env
+    assert not {n for n in env if "RETRIES" in n or "RETRY_DELAY" in n}, sorted(env)
+
+
+@pytest.mark.parametrize("name", sorted(deployments_by_name()))
 def test_no_secret_value_in_any_job(render, name: str) -> None:
     """The worker holds an API key, an auth string and the PII key; no Job carries any of them."""
     _, job = _render_deployment(render, name)

@@ -129,3 +129,23 @@ def test_template_defaults_alone_render_a_hardened_bounded_job(render) -> None:
         "limits": {"cpu": "1", "memory": "1Gi"},
     }
     assert pod["nodeSelector"] == {} and pod["tolerations"] == []
+
+
+def test_pod_learns_its_own_size_and_capacity_from_the_downward_api(render) -> None:
+    """The cost report's only source of pod sizes: the container's own requests and limits and
+    the pod's capacity label, as env vars from the downward API (tasks/pod.py names them)."""
+    from tasks.pod import CAPACITY_LABEL, DOWNWARD_API_ENV
+
+    job = render({"labels": {CAPACITY_LABEL: "spot"}}, flow_name="f", run_name="r").job
+    k8s_validate(job)
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    for name, source in DOWNWARD_API_ENV.items():
+        assert env[name] == {"name": name, "valueFrom": source}
+    fields = {
+        s["resourceFieldRef"]["resource"]
+        for s in DOWNWARD_API_ENV.values()
+        if "resourceFieldRef" in s
+    }
+    assert fields == {"requests.cpu", "limits.cpu", "requests.memory", "limits.memory"}
+    assert job["spec"]["template"]["metadata"]["labels"][CAPACITY_LABEL] == "spot"

@@ -77,6 +77,9 @@ def test_definitions_are_valid_for_the_server() -> None:
         26 * 3600.0,
     )
     assert by_name[autos.RUNNING_LONG]["trigger"]["after"] == ["prefect.flow-run.Running"]
+    watched = by_name[autos.RUNNING_LONG]["trigger"]["match_related"]["prefect.resource.name"]
+    stages = ("extract", "transform", "load", "validate")
+    assert sorted(watched) == sorted(["daily-trip-etl", *(f"tripflow-{s}" for s in stages)])
     assert "prefect.kubernetes.pod.evicted" in by_name[autos.POD_FAILED]["trigger"]["expect"]
 
 
@@ -199,7 +202,7 @@ def test_time_to_detection(
     """A day fails; the failure notification arrives within seconds, with what a person needs.
 
     Also: the proactive "no Completed run" alert fires (window shortened to 20 s), the pod
-    failure alert diagnoses an OOM kill, and "Running longer than" fires for a stuck run
+    failure alert diagnoses an OOM kill, and "Running longer than" fires for a stuck stage run
     (window shortened to 10 s).
     """
     applied = _ops_cli(
@@ -269,16 +272,17 @@ def test_time_to_detection(
     with capsys.disabled():
         print(f"'no Completed run in 20 s' alert after {stale.at - applied_at:.1f} s")
 
-    # 4. A run stuck in Running: it waits until its own "Running longer than" alert arrives.
+    # 4. A stage run stuck in Running (as a stuck transform pod's run would be): it waits until
+    # its own "Running longer than" alert arrives.
     from prefect import flow
 
     alerted = threading.Event()
     receiver.add_listener(lambda p: alerted.set() if "Running longer" in _subject(p) else None)
 
-    @flow(name="daily-trip-etl", flow_run_name="ops-test-stuck-run")
+    @flow(name="tripflow-transform", flow_run_name="ops-test-stuck-stage")
     def stuck() -> bool:
         return alerted.wait(timeout=90)
 
-    assert stuck() is True, "no 'Running longer than' alert for a run Running past 10 s"
+    assert stuck() is True, "no 'Running longer than' alert for a stage Running past 10 s"
     long_post = receiver.wait_for(lambda p: "Running longer" in _subject(p), 1)
-    assert "ops-test-stuck-run" in long_post.body["body"]
+    assert "ops-test-stuck-stage" in long_post.body["body"]

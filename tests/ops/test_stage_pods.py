@@ -26,9 +26,16 @@ from typing import Any
 
 import duckdb
 import pytest
-from helpers import ROOT, prefect_cli, remove_deployment_and_pool, run_sample_day
+from helpers import (
+    ROOT,
+    prefect_cli,
+    remove_deployment_and_pool,
+    run_sample_day,
+    shared_folder,
+    tripflow,
+)
 
-from flows.dispatch import STAGE_DEPLOYMENTS
+from flows.stages import STAGE_DEPLOYMENTS
 from tasks.marts import MART
 from tasks.staging import Staging
 
@@ -37,10 +44,10 @@ POOL = "tripflow-ops-stages"
 DAILY = "daily-trip-etl"
 REFRESH = "downstream-refresh/region-30d"
 ENTRYPOINTS = {
-    "extract": "flows/stage_flows.py:extract_stage",
-    "transform": "flows/stage_flows.py:transform_stage",
-    "load": "flows/stage_flows.py:load_stage",
-    "validate": "flows/stage_flows.py:validate_stage",
+    "extract": "flows/stages.py:extract_stage",
+    "transform": "flows/stages.py:transform_stage",
+    "load": "flows/stages.py:load_stage",
+    "validate": "flows/stages.py:validate_stage",
 }
 
 
@@ -50,6 +57,17 @@ async def _clean_up() -> None:
     await remove_deployment_and_pool(REFRESH, POOL)
     await remove_deployment_and_pool("backfill/ops-backfill", POOL)
     await remove_deployment_and_pool(f"daily-trip-etl/{DAILY}", POOL)
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """Staging and the DuckDB file every stage process reaches: outside /tmp, which a pod keeps
+    to itself and ``stage_deployments`` therefore refuses (tasks/pod.py)."""
+    import shutil
+
+    folder = shared_folder("stage-pods")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -148,9 +166,9 @@ def _until_final(flow_run_id: uuid.UUID, worker: subprocess.Popen[bytes], deadli
 
 
 def test_daily_run_dispatches_each_stage_to_its_own_deployment(
-    stage_pool: str, tmp_path: Path
+    stage_pool: str, tmp_path: Path, shared: Path
 ) -> None:
-    warehouse = tmp_path / "warehouse.duckdb"
+    warehouse = shared / "warehouse.duckdb"
     env = {
         "TRIPFLOW_PII_KEY_FILE": str(tmp_path / "pii.key"),
         "TRIPFLOW_RETRY_DELAYS": "1,1",
@@ -167,13 +185,13 @@ def test_daily_run_dispatches_each_stage_to_its_own_deployment(
         "flows/downstream.py:downstream_refresh",
         "region-30d",
         env,
-        parameters={"staging": str(tmp_path / "staging"), "warehouse": f"duckdb:{warehouse}"},
+        parameters={"staging": str(shared / "staging"), "warehouse": f"duckdb:{warehouse}"},
         triggers=_refresh_triggers(),
     )
 
     flow_run_id = run_sample_day(
         f"daily-trip-etl/{DAILY}",
-        tmp_path / "staging",
+        shared / "staging",
         warehouse,
         "--param",
         "stage_deployments=true",
@@ -223,7 +241,7 @@ def test_daily_run_dispatches_each_stage_to_its_own_deployment(
     [refresh] = asyncio.run(_runs_of([REFRESH]))[REFRESH]
     assert refresh.state.name == "Completed"
     assert refresh.parameters["triggered_by"] == run.name == "daily-trip-etl/2025-11-15"
-    mart = Staging(str(tmp_path / "staging")).read(MART, date(2025, 11, 15))
+    mart = Staging(str(shared / "staging")).read(MART, date(2025, 11, 15))
     summary = mart.scan({}).collect()
     assert summary["trip_count"].sum() == 10
     assert sorted(summary["region"]) == ["eu-west", "us-east", "us-west"]
@@ -273,3 +291,109 @@ def test_backfill_fans_days_out_as_runs_of_the_day_deployment(
             "SELECT run_date::VARCHAR, status FROM analytics.runs ORDER BY run_date"
         ).fetchall()
     assert rows == [("2025-11-14", "failed"), ("2025-11-15", "published")]
+
+
+#: A default a cluster operator might set for every flow run (the env var Prefect reads for flows
+#: that set no retries of their own). tripflow's flows set retries=0: it must change nothing.
+CLUSTER_WIDE_RETRIES = {
+    "PREFECT_FLOWS_DEFAULT_RETRIES": "1",
+    "PREFECT_FLOWS_DEFAULT_RETRY_DELAY_SECONDS": "300",
+}
+RETRY_STATES = {"AwaitingRetry", "Retrying"}
+
+
+async def _state_names(flow_run_ids: list[uuid.UUID]) -> dict[str, list[str]]:
+    """Every state each flow run and each of its task runs ever entered (the server's history)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    out: dict[str, list[str]] = {}
+    async with get_client() as client:
+        for run_id in flow_run_ids:
+            states = await client.read_flow_run_states(run_id)
+            out[f"flow run {run_id}"] = [s.name for s in states if s.name]
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+            for task in tasks:
+                history = await client.read_task_run_states(task.id)
+                out[f"task run {task.name}"] = [s.name for s in history if s.name]
+    return out
+
+
+def test_landed_day_failing_its_checks_is_not_retried_and_not_extracted_again(
+    stage_pool: str, tmp_path: Path, shared: Path
+) -> None:
+    """The landed-event trigger's run with stage_deployments, on a real worker: the daily run
+    starts from the landed raw day (no extract run at all), the validate stage fails its check,
+    and the day fails at once: no flow or task run ever enters AwaitingRetry or Retrying, even
+    with a cluster-wide default of flow retries in every process's environment."""
+    warehouse = shared / "warehouse.duckdb"
+    staging = shared / "staging"
+    env = {"TRIPFLOW_PII_KEY_FILE": str(tmp_path / "pii.key"), **CLUSTER_WIDE_RETRIES}
+    for stage, entrypoint in ENTRYPOINTS.items():
+        _deploy(entrypoint, STAGE_DEPLOYMENTS[stage].split("/")[1], env)
+    _deploy("flows/daily.py:daily_trip_etl", DAILY, env)
+
+    landed = tripflow(
+        "land",
+        "--date",
+        "2025-11-15",
+        "--source",
+        "sample",
+        "--staging",
+        str(staging),
+        "--no-emit",
+        "--json",
+        cwd=tmp_path,
+        env={"TRIPFLOW_PII_KEY_FILE": str(tmp_path / "pii.key")},
+    )
+    assert landed.returncode == 0, landed.stderr
+    landed_run_id = json.loads(landed.stdout)["payload"]["landed_run_id"]
+
+    flow_run_id = run_sample_day(
+        f"daily-trip-etl/{DAILY}",
+        staging,
+        warehouse,
+        "--param",
+        "stage_deployments=true",
+        "--param",
+        f"landed_run_id={landed_run_id}",
+        "--param",
+        "min_rows=1000",  # the sample day has 10 trips: the min_rows check fails
+    )
+    deadline = time.monotonic() + 400
+    with _worker(tmp_path) as worker:
+        while True:
+            run = asyncio.run(_flow_run(flow_run_id))
+            children = asyncio.run(_runs_of(list(STAGE_DEPLOYMENTS.values())))
+            ids = [flow_run_id, *(r.id for runs in children.values() for r in runs)]
+            seen = asyncio.run(_state_names(ids))
+            retried = {k: v for k, v in seen.items() if RETRY_STATES & set(v)}
+            assert not retried, retried
+            if run.state is not None and run.state.is_final():
+                break
+            assert worker.poll() is None, "the worker exited"
+            assert time.monotonic() < deadline, "the daily run did not finish"
+            time.sleep(1)
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert run.state.name == "Failed", worker_log[-5000:]
+    assert "min_rows" in (run.state.message or "")
+
+    runs = asyncio.run(_runs_of(list(STAGE_DEPLOYMENTS.values())))
+    assert runs[STAGE_DEPLOYMENTS["extract"]] == [], "a landed day was extracted again"
+    assert [r.state.name for r in runs[STAGE_DEPLOYMENTS["transform"]]] == ["Completed"]
+    [validate] = runs[STAGE_DEPLOYMENTS["validate"]]
+    assert validate.state.name == "Failed"
+    for stage in ("transform", "load", "validate"):
+        for child in runs[STAGE_DEPLOYMENTS[stage]]:
+            assert "source" not in child.parameters, (stage, child.parameters)
+    # The raw day is still the landed one; nothing was published.
+    assert Staging(str(staging)).read("raw", date(2025, 11, 15)).manifest["run_id"] == (
+        landed_run_id
+    )
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        [(status,)] = con.execute(
+            "SELECT status FROM analytics.runs WHERE run_id = ?", [str(flow_run_id)]
+        ).fetchall()
+    assert status == "failed"

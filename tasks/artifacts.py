@@ -1,8 +1,7 @@
-"""Prefect tasks: thin wrappers over the plain stage functions in ``tasks.stages``.
+"""What every run shows in the Prefect UI: its artifacts, and the ledger row of a failed run.
 
-Each stage task retries twice with backoff, but only on ``InfrastructureError`` (a schema error
-or a failed check will not fix itself), has a timeout, and never caches: every stage has side
-effects, and Prefect 3 would otherwise skip a re-run of the same inputs.
+The regional summary, the quality report, the run ledger, the cost report (with right-sizing) and
+a link to the chart of recent runs, under stable keys so the UI shows each one's history.
 """
 
 from __future__ import annotations
@@ -10,93 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
 
-from tasks import landing, stages
+from tasks import stages
 from tasks.chart import history_svg
-from tasks.checks import CheckResult
-from tasks.config import Settings, retry_delays
-from tasks.errors import InfrastructureError, TripflowError
+from tasks.config import Settings
+from tasks.errors import TripflowError
 from tasks.history import chart_path, per_day, recommendations, run_rows
-from tasks.metrics import measure
 from tasks.report import RunReport
-from tasks.stages import ExtractOutput, RunContext, TransformOutput
-from tasks.warehouses import LedgerRow, LoadResult, make_warehouse
-
-RETRY_DELAYS = retry_delays()
-
-
-def transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry only what may succeed next time: an unreachable source, store or warehouse."""
-    try:
-        state.result()
-    except InfrastructureError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-STAGE_TASK: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": RETRY_DELAYS,
-    "retry_condition_fn": transient,
-    "cache_policy": NO_CACHE,
-}
-
-
-@task(name="extract", timeout_seconds=3 * 3600, **STAGE_TASK)
-def extract(ctx: RunContext) -> tuple[ExtractOutput, dict[str, Any]]:
-    with measure("extract") as m:
-        out = stages.extract(ctx)
-    return out, m.as_dict()
-
-
-@task(name="extract-landed", timeout_seconds=600, **STAGE_TASK)
-def landed_extract(
-    ctx: RunContext, landed_run_id: str
-) -> tuple[ExtractOutput, dict[str, Any]] | None:
-    """The raw day ``tripflow land`` staged (None if it was replaced since: extract again)."""
-    with measure("extract") as m:
-        out = landing.landed_extract(ctx, landed_run_id)
-    return None if out is None else (out, m.as_dict())
-
-
-@task(name="transform", timeout_seconds=3 * 3600, **STAGE_TASK)
-def transform(ctx: RunContext) -> tuple[TransformOutput, dict[str, Any]]:
-    with measure("transform") as m:
-        out = stages.transform(ctx)
-    return out, m.as_dict()
-
-
-@task(name="load", timeout_seconds=2 * 3600, **STAGE_TASK)
-def load(ctx: RunContext) -> tuple[LoadResult, dict[str, Any]]:
-    with measure("load") as m:
-        out = stages.load(ctx, m.warehouse)
-    return out, m.as_dict()
-
-
-@task(name="validate", timeout_seconds=3600, **STAGE_TASK)
-def validate(
-    ctx: RunContext, extracted: int, quarantined: int, loaded: LoadResult
-) -> tuple[list[CheckResult], dict[str, Any]]:
-    with measure("validate") as m:
-        out = stages.validate(ctx, extracted, quarantined, loaded, m.warehouse)
-    return out, m.as_dict()
-
-
-@task(name="publish", timeout_seconds=2 * 3600, **STAGE_TASK)
-def publish(ctx: RunContext, loaded: LoadResult, ledger: LedgerRow) -> tuple[int, dict[str, Any]]:
-    with measure("publish") as m:
-        out = stages.publish(ctx, loaded, ledger, m.warehouse)
-    return out, m.as_dict()
+from tasks.stages import RunContext
+from tasks.warehouses import LedgerRow, make_warehouse
 
 
 @task(name="record-failed-run", retries=1, cache_policy=NO_CACHE)
@@ -104,7 +32,7 @@ def record_failed_run(ctx: RunContext, ledger: LedgerRow) -> None:
     stages.record_run(ctx, ledger)
 
 
-@task(name="publish-artifacts", cache_policy=NO_CACHE)
+@task(name="publish-artifacts", retries=0, cache_policy=NO_CACHE)
 def publish_artifacts(report: RunReport) -> None:
     """Every run explains itself in the UI, under stable keys (so each shows its history):
     the regional summary, the quality report, the run ledger, the cost report, and a link to the
@@ -213,11 +141,15 @@ def cost_markdown(data: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for s in cost["stages"]:
-        where = " spot" if s["on_spot"] else ""
+        if s["requested_cpu"] is None:
+            pod = "no pod (costed by use)"
+        else:
+            where = " spot" if s["on_spot"] else ""
+            pod = f"{s['requested_cpu']:g} / {s['requested_memory_gib']:g}{where}"
         lines.append(
             f"| {s['name']} | {s['seconds']:.2f} | {s['cpu_seconds'] or 0:.2f} | "
             f"{s['peak_rss_mb']:.0f} | {s.get('peak_rss_method') or 'not recorded'} | "
-            f"{s['requested_cpu']:g} / {s['requested_memory_gib']:g}{where} | ${s['usd']:.6f} |"
+            f"{pod} | ${s['usd']:.6f} |"
         )
     lines += [
         "",

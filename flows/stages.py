@@ -1,0 +1,238 @@
+"""A stage as its own flow, and the dispatch that runs each as a deployment run in its own pod.
+
+The flows: one per stage, so each stage can run as its own deployment in its own, right-sized pod.
+Each calls the matching stage task of ``tasks.stage_tasks`` (the plain function of
+``tasks.stages``, measured, its infrastructure errors retried inside the pod) with a
+``RunContext``, and hands its output to the next stage through staging as a run record
+(``<staging>/_runs/<run_id>/<stage>.json``; a failure as ``<stage>-error.json``). Stages hand
+each other paths in staging, never frames, so ``staging`` must be a store every pod can reach
+(S3 or GCS, or a folder on a volume every pod mounts; ``tasks.pod.require_shared`` refuses what
+no pod could share). ``run_id`` names the pipeline run the stages belong to.
+
+The dispatch (``run_stages_as_deployments``): ``daily-trip-etl`` on the Kubernetes pool. The daily
+flow's run (a small pod) starts ``tripflow-extract/extract``, then transform, load and validate
+with ``run_deployment`` — each a child flow run of the day, rendered by the worker into a Job with
+that stage's own job variables (size, spot node pool, deadline) — and waits for each. A stage hands
+its output to the next through staging (``tasks.staging`` run records), never through memory.
+Publishing is one small warehouse transaction: it runs in the daily run's pod.
+
+A stage run that *crashed* (its pod evicted, a spot node reclaimed, OOM-killed) is dispatched once
+more: every stage is idempotent. A stage that *failed* already had its in-pod retries; its
+recorded error (schema, checks, infrastructure) becomes the day's error.
+
+A day that ``tripflow land`` staged already (``landed_run_id``, from the ``tripflow.raw.landed``
+event) starts at transform: the daily run's own pod checks that the landed raw day is still the
+one staged (``tasks.landing``) and dispatches no extract; if it was replaced since, the extract
+deployment runs as usual. The transform of a landed day is given the accepted regions, not the
+source: a landed source's path may exist only on the landing machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import date
+from typing import Any, Final
+
+from prefect import flow
+from prefect.deployments import run_deployment
+
+from tasks import stage_tasks
+from tasks.checks import CheckResult
+from tasks.config import load_settings
+from tasks.errors import ChecksFailed, InfrastructureError, TripflowError, error_from_dict
+from tasks.report import RunReport
+from tasks.sources import make_source
+from tasks.stage_tasks import NO_FLOW_RETRIES
+from tasks.stages import ExtractOutput, RunContext, TransformOutput
+from tasks.warehouses import LoadResult
+
+
+def _context(run_date: date, run_id: str, **overrides: Any) -> RunContext:
+    return RunContext.create(run_id, run_date, load_settings(overrides))
+
+
+def _record_failure(ctx: RunContext, stage: str, exc: TripflowError) -> None:
+    failure = {**exc.as_dict(), "failed": getattr(exc, "failed", None)}
+    ctx.staging.put_record(ctx.run_id, f"{stage}-error", failure)
+
+
+def _stage(ctx: RunContext, stage: str, run: Callable[[], tuple[Any, dict[str, Any]]]) -> Any:
+    """Run the stage's task (its in-pod retries of infrastructure errors included); record its
+    output and measure in staging for the next stage, or its failure for the daily run."""
+    try:
+        out, measure = run()
+    except TripflowError as exc:
+        _record_failure(ctx, stage, exc)
+        raise
+    output = asdict(out)
+    ctx.staging.put_record(ctx.run_id, stage, {"output": output, "measure": measure})
+    return output
+
+
+@flow(name="tripflow-extract", **NO_FLOW_RETRIES)
+def extract_stage(
+    run_date: date,
+    run_id: str,
+    source: str = "synthetic",
+    source_format: str = "trips",
+    rows: int | None = None,
+    staging: str | None = None,
+) -> dict[str, Any]:
+    """Read the day from the source into ``raw/``."""
+    ctx = _context(
+        run_date, run_id, source=source, format=source_format, rows=rows, staging=staging
+    )
+    return dict(_stage(ctx, "extract", lambda: stage_tasks.extract(ctx)))
+
+
+@flow(name="tripflow-transform", **NO_FLOW_RETRIES)
+def transform_stage(
+    run_date: date,
+    run_id: str,
+    source: str | None = None,
+    source_format: str = "trips",
+    staging: str | None = None,
+    regions: list[str] | None = None,
+) -> dict[str, Any]:
+    """``raw/`` to ``clean/``, ``quarantine/`` and ``region_daily/``.
+
+    The transform reads the staged raw day; of the source it only needs the accepted regions. A
+    landed day's source may exist only on the landing machine: the daily run then passes the
+    accepted ``regions`` instead of the ``source``.
+    """
+    ctx = _context(
+        run_date, run_id, source=source, format=source_format, staging=staging, regions=regions
+    )
+    return dict(_stage(ctx, "transform", lambda: stage_tasks.transform(ctx)))
+
+
+@flow(name="tripflow-load", **NO_FLOW_RETRIES)
+def load_stage(
+    run_date: date, run_id: str, staging: str | None = None, warehouse: str | None = None
+) -> dict[str, Any]:
+    """Bulk-load the staged day into this run's own warehouse staging tables."""
+    ctx = _context(run_date, run_id, staging=staging, warehouse=warehouse)
+    return dict(_stage(ctx, "load", lambda: stage_tasks.load(ctx)))
+
+
+@flow(name="tripflow-validate", **NO_FLOW_RETRIES)
+def validate_stage(
+    run_date: date,
+    run_id: str,
+    extracted: int,
+    quarantined: int,
+    loaded: dict[str, Any],
+    staging: str | None = None,
+    warehouse: str | None = None,
+    min_rows: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run the checks on this run's staging tables; fail if any check fails."""
+    ctx = _context(run_date, run_id, staging=staging, warehouse=warehouse, min_rows=min_rows)
+    try:
+        checks, measure = stage_tasks.validate(ctx, extracted, quarantined, LoadResult(**loaded))
+    except TripflowError as exc:
+        _record_failure(ctx, "validate", exc)
+        raise
+    output = [c.as_dict() for c in checks]
+    # Every check's result is recorded, failed or not: the day's report shows them all.
+    ctx.staging.put_record(run_id, "validate", {"output": output, "measure": measure})
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        error = ChecksFailed(failed)
+        _record_failure(ctx, "validate", error)
+        raise error
+    return output
+
+
+#: The stage deployments of prefect.yaml (flow name / deployment name).
+STAGE_DEPLOYMENTS: Final = {
+    "extract": "tripflow-extract/extract",
+    "transform": "tripflow-transform/transform",
+    "load": "tripflow-load/load",
+    "validate": "tripflow-validate/validate",
+}
+#: Dispatches of one stage when its pod crashes (evicted, spot reclaimed, OOM-killed).
+CRASH_ATTEMPTS: Final = 2
+
+
+def run_stage(ctx: RunContext, stage: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Run one stage's deployment as a child of this flow run; its recorded output."""
+    name = STAGE_DEPLOYMENTS[stage]
+    params = {"run_date": ctx.run_date.isoformat(), "run_id": ctx.run_id, **parameters}
+    for attempt in range(1, CRASH_ATTEMPTS + 1):
+        child = run_deployment(name, parameters=params, timeout=None, as_subflow=True)
+        state = child.state  # type: ignore[union-attr]
+        if state is not None and state.is_completed():
+            return ctx.staging.get_record(ctx.run_id, stage)
+        if state is not None and state.is_crashed() and attempt < CRASH_ATTEMPTS:
+            continue
+        try:
+            failure = ctx.staging.get_record(ctx.run_id, f"{stage}-error")
+        except InfrastructureError:
+            failure = {
+                "kind": "infrastructure",
+                "message": f"stage {stage} ({name}, flow run {child.id}) ended "  # type: ignore[union-attr]
+                f"{state.name if state else 'without a state'}: "
+                f"{state.message if state else ''}",
+            }
+        raise error_from_dict(failure)
+    raise AssertionError("unreachable")
+
+
+def run_stages_as_deployments(
+    ctx: RunContext, report: RunReport, params: dict[str, Any], landed_run_id: str | None = None
+) -> None:
+    """extract (unless the day landed), transform, load and validate as deployment runs; fills
+    ``report`` as they end."""
+    source = {k: params[k] for k in ("source", "source_format")}
+    staging = {"staging": ctx.settings.staging}
+    warehouse = {"warehouse": ctx.settings.warehouse}
+
+    landed = stage_tasks.landed_extract(ctx, landed_run_id) if landed_run_id else None
+    if landed is not None:
+        report.extracted, measure = landed
+        report.add_stage(measure)
+        regions = make_source(ctx.settings).region_set
+        transform_source = {
+            "source_format": params["source_format"],
+            "regions": sorted(regions) if regions is not None else [],
+        }
+    else:
+        done = run_stage(ctx, "extract", {**source, **staging, "rows": ctx.settings.rows})
+        report.extracted = ExtractOutput(**done["output"])
+        report.add_stage(done["measure"])
+        transform_source = source
+
+    done = run_stage(ctx, "transform", {**transform_source, **staging})
+    report.transformed = TransformOutput(**done["output"])
+    report.add_stage(done["measure"])
+    report.read_regions()
+
+    done = run_stage(ctx, "load", {**staging, **warehouse})
+    report.loaded = LoadResult(**done["output"])
+    report.add_stage(done["measure"])
+
+    try:
+        done = run_stage(
+            ctx,
+            "validate",
+            {
+                **staging,
+                **warehouse,
+                "min_rows": ctx.settings.min_rows,
+                "extracted": report.rows["extracted"],
+                "quarantined": report.rows["quarantined"],
+                "loaded": asdict(report.loaded),
+            },
+        )
+    finally:
+        # A failed check still recorded every check's result: the report shows them all.
+        checked: dict[str, Any] | None
+        try:
+            checked = ctx.staging.get_record(ctx.run_id, "validate")
+        except InfrastructureError:
+            checked = None
+        if checked is not None:
+            report.checks = [CheckResult(**c) for c in checked["output"]]
+            report.add_stage(checked["measure"])
