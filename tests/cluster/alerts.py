@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import overrides
+from cluster import overrides
 from helpers import ROOT
 
 from flows import automations

@@ -39,15 +39,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from cluster import overrides
 from helpers import ROOT, prefect_cli
 from ops.conftest import receiver  # noqa: F401 - the local webhook receiver, a fixture
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "tests" / "storage"))
-
-import overrides
-from s3stand import DUMMY_KEYS, S3
-from s3stand import start as start_s3
+from storage.s3stand import DUMMY_KEYS, S3
+from storage.s3stand import start as start_s3
 
 NAMESPACE = "data-pipeline"
 POOL = "tripflow-k8s"
@@ -380,8 +376,9 @@ def _flow_name(deployment: dict[str, Any]) -> str:
     """The flow's name of a deployment's entrypoint (e.g. daily-trip-etl)."""
     import importlib
 
-    module, function = deployment["entrypoint"].removesuffix(".py").split(":")
-    flow_obj = getattr(importlib.import_module(module.replace("/", ".")), function)
+    path, function = deployment["entrypoint"].split(":")
+    module = path.removesuffix(".py").replace("/", ".")
+    flow_obj = getattr(importlib.import_module(module), function)
     return str(flow_obj.name)
 
 

@@ -13,9 +13,9 @@ import asyncio
 import uuid
 from typing import Any
 
-import overrides
 import pytest
-from conftest import NAMESPACE, POOL, Deployed, _flow_name
+from cluster import overrides
+from cluster.conftest import NAMESPACE, POOL, Deployed, _flow_name
 
 pytestmark = pytest.mark.timeout(1800)
 

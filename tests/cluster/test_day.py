@@ -15,9 +15,9 @@ import time
 from datetime import datetime
 
 import duckdb
-import overrides
 import pytest
-from conftest import Deployed, Recorder, child_runs, run_deployment_cli, wait_final
+from cluster import overrides
+from cluster.conftest import Deployed, Recorder, child_runs, run_deployment_cli, wait_final
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -54,6 +54,14 @@ def test_the_day_pod_by_pod(deployed: Deployed) -> None:
         children = child_runs(flow_run_id)
         runs = {str(flow_run_id): "daily-trip-etl", **{str(c.id): c.name for c in children}}
         assert len(children) == len(STAGES), [(c.name, c.state_name) for c in children]
+        # A run is Completed a moment before its process (the pod) exits.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(
+            p["status"].get("phase") not in ("Succeeded", "Failed")
+            for rid in runs
+            for p in seen.of_flow_run("Pod", rid)
+        ):
+            time.sleep(1)
         jobs = {rid: seen.of_flow_run("Job", rid) for rid in runs}
         pods = {rid: seen.of_flow_run("Pod", rid) for rid in runs}
         # One Job and one pod per run: the day's and each stage's.

@@ -16,10 +16,9 @@ import time
 import uuid
 from typing import Any
 
-import alerts
-import overrides
 import pytest
-from conftest import Deployed, Recorder, child_runs, run_deployment_cli, wait_final
+from cluster import alerts, overrides
+from cluster.conftest import Deployed, Recorder, child_runs, run_deployment_cli, wait_final
 from helpers import tripflow
 from ops.conftest import Receiver
 
@@ -152,7 +151,7 @@ def test_spot_reclaimed_transform_runs_one_at_a_time_and_publishes_once(
     """The transform pod is deleted mid-run (grace 0: its node was reclaimed). Kubernetes 1.20's
     Job controller does not count a deleted pod as failed and starts a replacement pod for the
     same flow run, while the day re-dispatches the crashed stage: never both side by side."""
-    from test_day import _ledger
+    from cluster.test_day import _ledger
 
     day = "2025-11-08"
     with Recorder(deployed.admin) as seen:

@@ -15,10 +15,9 @@ import asyncio
 import time
 import uuid
 
-import alerts
-import overrides
 import pytest
-from conftest import (
+from cluster import alerts, overrides
+from cluster.conftest import (
     NAMESPACE,
     PII_SECRET,
     Deployed,

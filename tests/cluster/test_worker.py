@@ -16,9 +16,9 @@ import asyncio
 import time
 import uuid
 
-import alerts
 import pytest
-from conftest import Deployed, Recorder, run_deployment_cli, wait_final
+from cluster import alerts
+from cluster.conftest import Deployed, Recorder, run_deployment_cli, wait_final
 from ops.conftest import Receiver
 
 pytestmark = pytest.mark.timeout(1800)
