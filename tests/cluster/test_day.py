@@ -99,7 +99,7 @@ def test_the_day_pod_by_pod(deployed: Deployed) -> None:
         rows = _ledger(deployed, DAY)
         published = [r for r in rows if r[1] == "published"]
         assert [r[0] for r in published] == [str(flow_run_id)], rows
-        measures = {s["name"]: s for s in json.loads(published[0][2])}
+        measures = {s["name"]: s for s in json.loads(published[0][2])["measures"]}
         print("peak RSS per stage, each measured in its own pod (MiB):",
               {s: measures[s]["peak_rss_mb"] for s in STAGES if s in measures})  # fmt: skip
         assert all(measures[s]["peak_rss_mb"] > 0 for s in STAGES), measures
