@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -86,7 +87,10 @@ class Kube:
 
 def _client(server: str, ca: str, token: str) -> httpx.Client:
     return httpx.Client(
-        base_url=server, verify=ca, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        base_url=server,
+        verify=ssl.create_default_context(cafile=ca),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
     )
 
 

@@ -144,7 +144,7 @@ class FakeKubelet:
         env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
         self.api = httpx.Client(
             base_url=env["KUBE_SERVER"],
-            verify=env["KUBE_CA"],
+            verify=ssl.create_default_context(cafile=env["KUBE_CA"]),
             headers={"Authorization": f"Bearer {env['KUBE_ADMIN_TOKEN']}"},
             timeout=httpx.Timeout(30.0, read=None),
         )
