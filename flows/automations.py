@@ -52,11 +52,17 @@ FAILED = f"{PREFIX}daily-failed"
 STALE = f"{PREFIX}daily-stale"
 POD_FAILED = f"{PREFIX}k8s-pod-failed"
 RUNNING_LONG = f"{PREFIX}daily-running-long"
+POD_UNSCHEDULABLE = f"{PREFIX}k8s-pod-cannot-start"
+POD_NOT_STARTED = f"{PREFIX}k8s-pod-not-started"
 
 #: The defaults: no Completed run for 26 hours; Running for longer than 45 minutes (less than the
 #: shortest Job deadline of the flows it watches: tests/k8s/test_deadlines.py).
 STALE_AFTER = timedelta(hours=26)
 RUNNING_LONGER_THAN = timedelta(minutes=45)
+#: A pipeline pod still Pending (not Running, nor ended) this long after it was created is alerted:
+#: a missing Secret, an image that cannot be pulled, a node that never comes. Longer than a spot
+#: node's scale-up; far shorter than the pod watch and Job deadlines that would end it otherwise.
+POD_START_WITHIN = timedelta(minutes=5)
 #: The flows whose runs "Running longer than" watches: the day and each of its stages.
 RUNNING_LONG_FLOWS = (FLOW_NAME, *(name.split("/")[0] for name in STAGE_DEPLOYMENTS.values()))
 #: The pipeline's Kubernetes namespace (prefect.yaml): a failed pod there is one of ours.
@@ -113,6 +119,33 @@ flow run: {{ flow_run.name }} ({{ flow_run|ui_url }})
 state: {{ flow_run.state.name }}
 event: {{ event.event }} at {{ event.occurred }}"""
 
+POD_CANNOT_START_SUBJECT = (
+    "tripflow: pod {{ event.resource.name }} cannot start "
+    "({{ event.resource.get('kubernetes.diagnosis') }})"
+)
+POD_CANNOT_START_BODY = """\
+tripflow pipeline pod {{ event.resource.name }} \
+(namespace {{ event.resource.get('kubernetes.namespace') }}) is Pending and Kubernetes says why:
+diagnosis: {{ event.resource.get('kubernetes.diagnosis') }}
+Unschedulable: no node fits its requests, node selector or tolerations (a spot pool that cannot
+scale up, requests above every node); ImagePullError: the image cannot be pulled.
+flow run: {{ flow_run.name }} ({{ flow_run|ui_url }})
+event: {{ event.event }} at {{ event.occurred }}"""
+
+POD_NOT_STARTED_SUBJECT = (
+    "tripflow: pod {{ event.resource.name }} not started after {{ automation.trigger.within }}"
+)
+POD_NOT_STARTED_BODY = """\
+tripflow pipeline pod {{ event.resource.name }} \
+(namespace {{ event.resource.get('kubernetes.namespace') }}) has been Pending for \
+{{ automation.trigger.within }} without starting.
+diagnosis: {{ event.resource.get('kubernetes.diagnosis') or 'none reported by the worker' }}
+The reason is in the pod's status and events (kubectl -n \
+{{ event.resource.get('kubernetes.namespace') }} describe pod {{ event.resource.name }}): a \
+missing Secret or ConfigMap, an image that cannot be pulled, no node that fits.
+flow run: {{ flow_run.name }} ({{ flow_run|ui_url }})
+event: {{ event.event }} at {{ event.occurred }}"""
+
 RUNNING_LONG_SUBJECT = (
     "tripflow: {{ flow_run.name }} Running longer than {{ automation.trigger.within }}"
 )
@@ -131,6 +164,7 @@ def definitions(
     *,
     stale_after: timedelta = STALE_AFTER,
     running_longer_than: timedelta = RUNNING_LONGER_THAN,
+    pod_start_within: timedelta = POD_START_WITHIN,
     namespace: str = NAMESPACE,
 ) -> list[Automation]:
     """The automations, all notifying through the notification block ``block_document_id``."""
@@ -201,6 +235,51 @@ def definitions(
                 within=running_longer_than,
             ),
             actions=[notify(RUNNING_LONG_SUBJECT, RUNNING_LONG_BODY)],
+        ),
+        Automation(
+            name=POD_UNSCHEDULABLE,
+            description="Notify at once when a tripflow pod is Pending with a Kubernetes "
+            "diagnosis (Unschedulable, ImagePullError).",
+            tags=TAGS,
+            trigger=EventTrigger(
+                match={
+                    "prefect.resource.id": "prefect.kubernetes.pod.*",
+                    "kubernetes.namespace": namespace,
+                    # The worker's observer labels a Pending pod it can diagnose; "*" needs the
+                    # label to be there (prefect.events.schemas.events.matches).
+                    "kubernetes.diagnosis": "*",
+                },
+                expect={"prefect.kubernetes.pod.pending"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=[notify(POD_CANNOT_START_SUBJECT, POD_CANNOT_START_BODY)],
+        ),
+        Automation(
+            name=POD_NOT_STARTED,
+            description=f"Notify when a tripflow pod is still Pending {pod_start_within} after "
+            "it was created.",
+            tags=TAGS,
+            trigger=EventTrigger(
+                after={"prefect.kubernetes.pod.pending"},
+                match={
+                    "prefect.resource.id": "prefect.kubernetes.pod.*",
+                    "kubernetes.namespace": namespace,
+                },
+                expect={
+                    "prefect.kubernetes.pod.running",
+                    "prefect.kubernetes.pod.succeeded",
+                    "prefect.kubernetes.pod.failed",
+                    "prefect.kubernetes.pod.evicted",
+                },
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=pod_start_within,
+            ),
+            actions=[notify(POD_NOT_STARTED_SUBJECT, POD_NOT_STARTED_BODY)],
         ),
     ]
 

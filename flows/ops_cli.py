@@ -60,6 +60,15 @@ def apply_automations(
             show_default=False,
         ),
     ] = None,
+    pod_start_within: Annotated[
+        str | None,
+        typer.Option(
+            "--pod-start-within",
+            help="Alert when a pipeline pod is still Pending this long after it was created "
+            "[default: flows.automations.POD_START_WITHIN, 5m].",
+            show_default=False,
+        ),
+    ] = None,
     namespace: Annotated[
         str | None,
         typer.Option(
@@ -80,6 +89,11 @@ def apply_automations(
             if running_longer_than
             else automations.RUNNING_LONGER_THAN
         )
+        pod_start = (
+            automations.parse_duration(pod_start_within)
+            if pod_start_within
+            else automations.POD_START_WITHIN
+        )
     except ValueError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -96,6 +110,7 @@ def apply_automations(
                 block_id,
                 stale_after=stale,
                 running_longer_than=running,
+                pod_start_within=pod_start,
                 namespace=namespace or automations.NAMESPACE,
             )
         )

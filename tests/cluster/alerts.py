@@ -26,7 +26,9 @@ def applied(receiver_url: str) -> Iterator[None]:
          "--webhook-url", receiver_url,
          "--stale-after", f"{overrides.scaled(automations.STALE_AFTER.total_seconds())}s",
          "--running-longer-than",
-         f"{overrides.scaled(automations.RUNNING_LONGER_THAN.total_seconds())}s"],
+         f"{overrides.scaled(automations.RUNNING_LONGER_THAN.total_seconds())}s",
+         "--pod-start-within",
+         f"{overrides.scaled(automations.POD_START_WITHIN.total_seconds())}s"],
         cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -42,7 +44,8 @@ async def _remove() -> None:
 
     async with get_client() as client:
         for name in (automations.FAILED, automations.STALE, automations.POD_FAILED,
-                     automations.RUNNING_LONG):  # fmt: skip
+                     automations.RUNNING_LONG, automations.POD_UNSCHEDULABLE,
+                     automations.POD_NOT_STARTED):  # fmt: skip
             for automation in await client.read_automations_by_name(name):
                 await client.delete_automation(automation.id)
         try:

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -41,7 +42,7 @@ import httpx
 import pytest
 import yaml
 from cluster import overrides
-from helpers import ROOT, prefect_cli
+from helpers import ROOT, prefect_cli, shared_folder
 from ops.conftest import receiver  # noqa: F401 - the local webhook receiver, a fixture
 from storage.s3stand import DUMMY_KEYS, S3
 from storage.s3stand import start as start_s3
@@ -329,8 +330,10 @@ def deployed(
     s3.make_bucket(overrides.STAGING_BUCKET)
     folder = cluster.folder
     # The STAND-IN for a shared warehouse: one DuckDB file every pod (a local process) reaches.
-    warehouse = folder / "shared-warehouse" / "warehouse.duckdb"
-    warehouse.parent.mkdir()
+    # Outside /tmp: with stage pods, a DuckDB file under a pod's own emptyDir mounts (/tmp,
+    # /home/tripflow) is refused as one no other pod could share (tasks/pod.py).
+    shared = shared_folder("cluster-warehouse")
+    warehouse = shared / "warehouse.duckdb"
     prefect_cli("block", "register", "-m", "tasks.warehouses.blocks")
     _save_warehouse_block(warehouse)
 
@@ -374,6 +377,7 @@ def deployed(
         _stop(worker, signals=2)
         asyncio.run(_delete_deployments_and_pool(deployments))
         s3.stop()
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _flow_name(deployment: dict[str, Any]) -> str:
