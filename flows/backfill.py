@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from flows.daily import daily_trip_etl
@@ -106,4 +106,18 @@ def backfill(
             pool.submit(contextvars.copy_context().run, _one_day, day, params, day_deployment)
             for day in days
         ]
-        return [f.result() for f in futures]
+        days_done = [f.result() for f in futures]
+    # A deployment run's return value is not kept: its log is where an operator finds the
+    # failed days (e.g. a backfill run in its own pod on the Kubernetes pool).
+    logger = get_run_logger()
+    for day_done in days_done:
+        if day_done["status"] != "published":
+            logger.error(
+                "backfill: day %s failed (flow run %s): %s",
+                day_done["run_date"],
+                day_done.get("flow_run_id", "-"),
+                day_done.get("message", ""),
+            )
+    failed = sum(d["status"] != "published" for d in days_done)
+    logger.info("backfill: %d of %d days published", len(days_done) - failed, len(days_done))
+    return days_done

@@ -29,13 +29,19 @@ source: a landed source's path may exist only on the landing machine.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import date
 from typing import Any, Final
+from uuid import UUID
 
-from prefect import flow
+from prefect import flow, get_client
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.states import Cancelling
 
 from tasks import stage_tasks
 from tasks.checks import CheckResult
@@ -154,6 +160,43 @@ STAGE_DEPLOYMENTS: Final = {
 }
 #: Dispatches of one stage when its pod crashes (evicted, spot reclaimed, OOM-killed).
 CRASH_ATTEMPTS: Final = 2
+#: Seconds between reads of a running stage's state.
+POLL_SECONDS: Final = 2.0
+#: How long a daily run that is ending (its pod terminated: SIGTERM) waits for the stage run it
+#: started to end after cancelling it: within Kubernetes' default termination grace period (30 s).
+CANCEL_WAIT_SECONDS: Final = 25.0
+
+
+def _wait_for_stage(flow_run_id: UUID) -> FlowRun:
+    """The stage's run once final. If this run ends first (its pod terminated, or cancelled), the
+    stage run is cancelled (the worker then deletes its Job) and waited for a while before the
+    day's lock is let go. Not a guarantee: a stage whose cancellation takes longer than
+    ``CANCEL_WAIT_SECONDS`` can still run beside a re-run of the day (tests/cluster README)."""
+    with get_client(sync_client=True) as client:
+        try:
+            while True:
+                run = client.read_flow_run(flow_run_id)
+                if run.state is not None and run.state.is_final():
+                    return run
+                time.sleep(POLL_SECONDS)
+        except BaseException:
+            _cancel_stage(client, flow_run_id)
+            raise
+
+
+def _cancel_stage(client: SyncPrefectClient, flow_run_id: UUID) -> None:
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    with contextlib.suppress(Exception):  # the day's own error is the one to report
+        run = client.read_flow_run(flow_run_id)
+        if run.state is None or not run.state.is_final():
+            client.set_flow_run_state(
+                flow_run_id, Cancelling(message="its daily run ended while it ran")
+            )
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return
+            time.sleep(0.5)
 
 
 def run_stage(ctx: RunContext, stage: str, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -161,8 +204,9 @@ def run_stage(ctx: RunContext, stage: str, parameters: dict[str, Any]) -> dict[s
     name = STAGE_DEPLOYMENTS[stage]
     params = {"run_date": ctx.run_date.isoformat(), "run_id": ctx.run_id, **parameters}
     for attempt in range(1, CRASH_ATTEMPTS + 1):
-        child = run_deployment(name, parameters=params, timeout=None, as_subflow=True)
-        state = child.state  # type: ignore[union-attr]
+        started = run_deployment(name, parameters=params, timeout=0, as_subflow=True)
+        child = _wait_for_stage(started.id)  # type: ignore[union-attr]
+        state = child.state
         if state is not None and state.is_completed():
             return ctx.staging.get_record(ctx.run_id, stage)
         if state is not None and state.is_crashed() and attempt < CRASH_ATTEMPTS:
@@ -172,7 +216,7 @@ def run_stage(ctx: RunContext, stage: str, parameters: dict[str, Any]) -> dict[s
         except InfrastructureError:
             failure = {
                 "kind": "infrastructure",
-                "message": f"stage {stage} ({name}, flow run {child.id}) ended "  # type: ignore[union-attr]
+                "message": f"stage {stage} ({name}, flow run {child.id}) ended "
                 f"{state.name if state else 'without a state'}: "
                 f"{state.message if state else ''}",
             }
