@@ -172,6 +172,12 @@ def definitions(
     def notify(subject: str, body: str) -> SendNotification:
         return SendNotification(block_document_id=block_document_id, subject=subject, body=body)
 
+    #: The pipeline's pods, as the worker's observer names them in its events.
+    pods: dict[str, str | list[str]] = {
+        "prefect.resource.id": "prefect.kubernetes.pod.*",
+        "kubernetes.namespace": namespace,
+    }
+
     return [
         Automation(
             name=FAILED,
@@ -207,10 +213,7 @@ def definitions(
             description="Notify when a tripflow pod fails on Kubernetes (OOMKilled diagnosed).",
             tags=TAGS,
             trigger=EventTrigger(
-                match={
-                    "prefect.resource.id": "prefect.kubernetes.pod.*",
-                    "kubernetes.namespace": namespace,
-                },
+                match=pods,
                 expect={"prefect.kubernetes.pod.failed", "prefect.kubernetes.pod.evicted"},
                 for_each={"prefect.resource.id"},
                 posture=Posture.Reactive,
@@ -242,13 +245,9 @@ def definitions(
             "diagnosis (Unschedulable, ImagePullError).",
             tags=TAGS,
             trigger=EventTrigger(
-                match={
-                    "prefect.resource.id": "prefect.kubernetes.pod.*",
-                    "kubernetes.namespace": namespace,
-                    # The worker's observer labels a Pending pod it can diagnose; "*" needs the
-                    # label to be there (prefect.events.schemas.events.matches).
-                    "kubernetes.diagnosis": "*",
-                },
+                # The worker's observer labels a Pending pod it can diagnose; "*" needs the label
+                # to be there (prefect.events.schemas.events.matches).
+                match={**pods, "kubernetes.diagnosis": "*"},
                 expect={"prefect.kubernetes.pod.pending"},
                 for_each={"prefect.resource.id"},
                 posture=Posture.Reactive,
@@ -264,10 +263,7 @@ def definitions(
             tags=TAGS,
             trigger=EventTrigger(
                 after={"prefect.kubernetes.pod.pending"},
-                match={
-                    "prefect.resource.id": "prefect.kubernetes.pod.*",
-                    "kubernetes.namespace": namespace,
-                },
+                match=pods,
                 expect={
                     "prefect.kubernetes.pod.running",
                     "prefect.kubernetes.pod.succeeded",
