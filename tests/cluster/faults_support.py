@@ -225,8 +225,9 @@ def task_state_names(flow_run_id: Any) -> list[tuple[str, str]]:
 
 
 async def _deployment_ids() -> dict[Any, str]:
-    from flows.dispatch import STAGE_DEPLOYMENTS
     from prefect import get_client
+
+    from flows.stages import STAGE_DEPLOYMENTS
 
     async with get_client() as client:
         return {

@@ -7,7 +7,7 @@ transform`` deployment's ``memory_request`` and ``memory_limit`` are lowered to 
 (restored after), below what any stage process needs. The daily run's own pod is unchanged.
 
 What it proves: each transform pod ends ``OOMKilled`` (exit 137); the day dispatches the crashed
-stage once more (``flows.dispatch.CRASH_ATTEMPTS`` runs in all, no more); with the limit still too
+stage once more (``flows.stages.CRASH_ATTEMPTS`` runs in all, no more); with the limit still too
 low the day then fails with the stage's crash as its error (never Completed); the pod alert of
 flows/automations.py names ``OOMKilled`` with its diagnosis and the remedy (the memory limit).
 """
@@ -24,8 +24,9 @@ from cluster.faults_support import (
     shared_warehouse_fixture,  # noqa: F401 - a fixture
     stages_of,
 )
-from flows.dispatch import CRASH_ATTEMPTS
 from ops.conftest import Receiver
+
+from flows.stages import CRASH_ATTEMPTS
 
 pytestmark = pytest.mark.timeout(1800)
 
