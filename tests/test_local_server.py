@@ -192,36 +192,6 @@ def test_a_server_whose_state_was_lost_is_stopped_not_doubled(home: Path) -> Non
     assert _servers(home) == []  # ...but the server it started is stopped all the same
 
 
-def test_a_server_that_died_hangs_or_is_outdated_is_replaced(
-    home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    first = local_server.ensure(home)
-    assert first.reason == "none" and local_server.healthy(first.state)
-
-    _kill(first.state.pid)
-    died = local_server.ensure(home)
-    assert died.reason == "died" and died.state.pid != first.state.pid
-    assert local_server.healthy(died.state)
-
-    # Hung: alive but not answering, long after its start.
-    os.kill(died.state.pid, signal.SIGSTOP)
-    hung_state = local_server.ServerState(
-        died.state.pid, died.state.port, died.state.version, started_at=time.time() - 3600
-    )
-    (home / local_server.STATE_FILE).write_text(json.dumps(hung_state.__dict__))
-    hung = local_server.ensure(home)
-    assert hung.reason == "not-answering" and not local_server.is_server_process(died.state.pid)
-    assert local_server.healthy(hung.state)
-
-    # An upgrade: the installed Prefect differs from the one the server runs. Stand-in: only one
-    # Prefect is installed here, so the installed version is reported as another one.
-    monkeypatch.setattr(local_server, "installed_version", lambda: "99.0.0")
-    upgraded = local_server.ensure(home)
-    assert upgraded.reason == "upgrade" and upgraded.state.pid != hung.state.pid
-    assert not local_server.is_server_process(hung.state.pid)
-    assert _servers(home) == [upgraded.state.pid]
-
-
 def test_no_local_server_where_a_profile_names_one(
     home: Path, workdir: Path, prefect_server: str
 ) -> None:
