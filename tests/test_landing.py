@@ -137,14 +137,15 @@ class InProcessDeployments:
 
     def __call__(self, name: str, *, parameters: dict[str, Any], **_: Any) -> Any:
         from types import SimpleNamespace
-        from uuid import uuid4
 
         from flows import stages
 
         self.calls.append((name, parameters))
         [stage] = [s for s, d in stages.STAGE_DEPLOYMENTS.items() if d == name]
         flow = getattr(stages, f"{stage}_stage")
-        return SimpleNamespace(id=uuid4(), state=flow(**parameters, return_state=True))
+        state = flow(**parameters, return_state=True)
+        # The stage's own (sub)flow run on the server: the dispatch reads its final state there.
+        return SimpleNamespace(id=state.state_details.flow_run_id, state=state)
 
     def stages(self) -> list[str]:
         return [name.split("/")[1] for name, _ in self.calls]
