@@ -91,3 +91,11 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A clean working folder: ``.tripflow/`` (staging, warehouse, PII key) is created here."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/cluster last: its session fixtures keep a control plane, a Kubernetes worker and the
+    shipped deployments (with their event triggers) on the session's Prefect server until the
+    session ends, so no other test runs beside them. A stable sort: every other order stays."""
+    cluster = Path(__file__).resolve().parent / "cluster"
+    items.sort(key=lambda item: Path(item.path).resolve().is_relative_to(cluster))
