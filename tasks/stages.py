@@ -22,7 +22,7 @@ from tasks.checks import CheckResult, run_checks
 from tasks.config import Settings, key_fingerprint, pii_key
 from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, REASONS
 from tasks.errors import InfrastructureError
-from tasks.faults import kill_point
+from tasks.faults import barrier_point, kill_point
 from tasks.metrics import rows_done
 from tasks.sources import make_source
 from tasks.staging import PARQUET_WRITE, StagedDataset, Staging
@@ -240,6 +240,7 @@ def publish(
     ctx: RunContext, loaded: LoadResult, ledger: LedgerRow, usage: Usage | None = None
 ) -> int:
     """Replace the day in the published tables and write the ledger row, in one transaction."""
+    barrier_point("publish")
     with _warehouse(ctx, usage) as warehouse:
         warehouse.publish(ctx.run_date, loaded, ledger)
         return warehouse.published_rows(ctx.run_date)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -89,6 +89,12 @@ class LedgerRow:
     error: str | None
     started_at: str
     finished_at: str
+
+    def finished_now(self) -> LedgerRow:
+        """This row stamped finished now. A publish stamps its row once it is about to commit
+        (DuckDB: holding the file's writer lock), so the day's latest ``finished_at`` is the run
+        whose version of the day the tables hold, even when two runs' publishes queue up."""
+        return replace(self, finished_at=datetime.now(UTC).isoformat())
 
 
 @dataclass

@@ -620,7 +620,7 @@ class BigQueryWarehouse:
                 table=self.sql_table(ledger_staging), columns=ddl_columns(RUNS_SCHEMA)
             ),
         )
-        self._load_ledger_row(ledger_staging, ledger, "WRITE_TRUNCATE")
+        self._load_ledger_row(ledger_staging, ledger.finished_now(), "WRITE_TRUNCATE")
         day = f"DATE '{run_date.isoformat()}'"
         statements = [
             REPLACE_DAY.format(

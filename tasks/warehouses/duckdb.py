@@ -371,6 +371,7 @@ class DuckDBWarehouse:
         suffix = identifier("t_" + load.suffix)[2:]
         new_tables = {f"{table}_{suffix}" for table, _, _ in PUBLISHED_TABLES}
         with self.connect() as con:
+            ledger = ledger.finished_now()  # the writer lock is held: stamps follow commits
             try:
                 con.execute("BEGIN TRANSACTION")
                 day = {"run_date": run_date}

@@ -760,7 +760,7 @@ class RedshiftWarehouse:
         try:
             self.api.batch(
                 transaction,
-                ledger_params(ledger),
+                ledger_params(ledger.finished_now()),
                 purpose=f"publish {run_date}",
                 on_submitted=lambda: kill_point(SUBMITTED),
             )

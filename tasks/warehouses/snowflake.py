@@ -524,7 +524,7 @@ class SnowflakeWarehouse:
                 _execute(
                     cur,
                     INSERT_LEDGER.format(schema=self.schema),
-                    _ledger_params(ledger),
+                    _ledger_params(ledger.finished_now()),
                     what="publish: ledger row",
                 )
                 kill_point("publish")  # everything done but the COMMIT
