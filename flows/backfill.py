@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from flows.daily import daily_trip_etl
-from tasks.errors import TripflowError, UsageError
+from tasks.errors import TripflowError, UsageError, library_message
 from tasks.stage_tasks import NO_FLOW_RETRIES
 
 
@@ -55,7 +55,7 @@ def _one_day(day: date, params: dict[str, Any], deployment: str | None = None) -
         return report
     except Exception as exc:
         report = getattr(exc, "tripflow_report", {})
-        message = exc.message if isinstance(exc, TripflowError) else f"{type(exc).__name__}: {exc}"
+        message = exc.message if isinstance(exc, TripflowError) else library_message(exc)
         return {**report, "run_date": day.isoformat(), "status": "failed", "message": message}
 
 

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+from rich.traceback import Traceback
 
 from flows import render
 from flows.governance_cli import governance_app
@@ -31,7 +32,7 @@ from flows.ops_cli import ops_app
 from flows.server_cli import server_app
 from flows.source_cli import source_app
 from flows.terminal import command_group, console
-from tasks.errors import TripflowError
+from tasks.errors import InternalError, TripflowError, library_message
 
 app = command_group("tripflow: a day of trips from source to warehouse, published exactly once.")
 
@@ -175,7 +176,9 @@ def run(
     except Exception as exc:  # a bug or an unexpected library failure: still one JSON object
         code = 3
         report = getattr(exc, "tripflow_report", None) or _bare_report(run_date, exc)
-        console.print_exception()
+        # The traceback's frames, with the library's message withheld (it may quote input).
+        withheld = InternalError(library_message(exc))
+        console.print(Traceback.from_exception(InternalError, withheld, exc.__traceback__))
     finally:
         remove_listener(progress)
     with api:
@@ -192,7 +195,7 @@ def _bare_report(run_date: datetime | None, exc: BaseException) -> dict[str, Any
     error: dict[str, Any] = (
         exc.as_dict()
         if isinstance(exc, TripflowError)
-        else {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
+        else {"kind": "internal", "message": library_message(exc)}
     )
     for key in ("file", "column", "row", "value"):
         error.setdefault(key, None)

@@ -6,11 +6,21 @@
 - ``ChecksFailed`` (exit 1): the day was loaded into its run's staging table but a check failed;
   nothing is published.
 - ``InfrastructureError`` (exit 3): a source, storage or warehouse failed after its retries.
+- ``InternalError`` (exit 3): anything else a stage raised — a bug, or a library refusing the
+  input in a way tripflow does not recognise yet.
+
+A library's own message (Polars, DuckDB, a warehouse's driver) can quote the cell it refused:
+``library_message`` withholds what it quotes and anything shaped like an e-mail before it goes into
+an error, and ``input_withheld`` turns any unexpected exception of a stage into an
+``InternalError`` carrying only that, so that neither Prefect's task and flow states and logs nor
+the CLI's output nor the ledger ever carry it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -142,6 +152,65 @@ class InfrastructureError(TripflowError):
     exit_code = 3
 
 
+class InternalError(TripflowError):
+    """An exception a stage did not expect (exit 3), its message passed through
+    ``library_message``. Not retried: a bug or a refused input does not fix itself."""
+
+    kind = "internal"
+    exit_code = 3
+
+
+#: What a library's message quotes: `…`, '…' or "…" (Polars quotes a cell it cannot parse in
+#: backticks, DuckDB and PostgreSQL in quotes).
+QUOTED: Final = re.compile(r"`[^`]*`|'[^']*'|\"[^\"]*\"")
+#: Anything e-mail shaped left unquoted.
+EMAIL_SHAPED: Final = re.compile(r"[^\s'\"`]+@[^\s'\"`]+")
+#: Quoted words a library's message may keep: type names (nobody's data).
+TYPE_NAME: Final = re.compile(
+    r"(?i)(str|string|utf-?8|bool(ean)?|binary|date|time|timestamp"
+    r"|datetime(\[[a-z]+(, ?[\w/+-]+)?\])?|duration|decimal(\(\d+, ?\d+\))?|null"
+    r"|[iuf](8|16|32|64)|u?int(8|16|32|64)?|bigint"
+    r"|float(32|64)?|double|numeric|list(\[[\w ,]+\])?|struct|array|categorical|varchar|text)"
+)
+#: The longest library message an error carries (the rest is cut, and says so).
+LIBRARY_MESSAGE_LIMIT: Final = 400
+
+
+def library_message(exc: BaseException, keep: Collection[str] = ()) -> str:
+    """``Type: message`` of a library's exception (its first paragraph) with every quoted span
+    withheld (it may be an input cell) unless it is a type name or in ``keep`` (e.g. the file's
+    column names), and every e-mail-shaped word withheld:
+    ``could not parse `<text of 31 characters withheld>` as dtype `str` at column 'fare_usd'``."""
+
+    def quoted(match: re.Match[str]) -> str:
+        span = match.group(0)
+        inner = span[1:-1]
+        if inner in keep or TYPE_NAME.fullmatch(inner):
+            return span
+        return f"{span[0]}<text of {len(inner)} characters withheld>{span[-1]}"
+
+    first = str(exc).strip().split("\n\n")[0]  # Polars adds paragraphs of hints after the fact
+    text = QUOTED.sub(quoted, " ".join(first.split()))
+    text = EMAIL_SHAPED.sub("<e-mail-shaped text withheld>", text)
+    if len(text) > LIBRARY_MESSAGE_LIMIT:
+        text = text[: LIBRARY_MESSAGE_LIMIT - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextmanager
+def input_withheld(stage: str) -> Iterator[None]:
+    """Re-raise what a stage did not expect as an ``InternalError`` whose message is the
+    library's, withheld (``library_message``); the original is not chained (Prefect would log
+    it), but its traceback is kept: code lines, no data."""
+    try:
+        yield
+    except (TripflowError, TimeoutError):  # a task's timeout is Prefect's to handle
+        raise
+    except Exception as exc:
+        error = InternalError(f"{stage}: {library_message(exc)}")
+        raise error.with_traceback(exc.__traceback__) from None
+
+
 class ChecksFailed(TripflowError):
     """At least one validate check failed: the day is not published (exit 1)."""
 
@@ -167,4 +236,6 @@ def error_from_dict(data: dict[str, Any]) -> TripflowError:
         return UsageError(message)
     if kind == "checks":
         return ChecksFailed(list(data.get("failed") or []))
+    if kind == "internal":
+        return InternalError(message)
     return InfrastructureError(message)

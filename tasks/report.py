@@ -11,7 +11,7 @@ import polars as pl
 from tasks.checks import CheckResult, quarantine_share
 from tasks.contract import REASONS, REGION_DAILY_SCHEMA
 from tasks.cost import run_cost
-from tasks.errors import TripflowError
+from tasks.errors import TripflowError, library_message
 from tasks.stages import ExtractOutput, RunContext, TransformOutput, code_version
 from tasks.warehouses import LedgerRow, LoadResult
 
@@ -68,7 +68,7 @@ class RunReport:
         elif not isinstance(exc, TripflowError):
             self.error = {
                 "kind": "internal",
-                "message": f"{type(exc).__name__}: {exc}",
+                "message": library_message(exc),
                 "file": None,
                 "column": None,
                 "row": None,

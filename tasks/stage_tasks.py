@@ -18,7 +18,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from tasks import landing, stages
 from tasks.checks import CheckResult
 from tasks.config import retry_delays
-from tasks.errors import InfrastructureError
+from tasks.errors import InfrastructureError, input_withheld
 from tasks.metrics import measure
 from tasks.stages import ExtractOutput, RunContext, TransformOutput
 from tasks.warehouses import LedgerRow, LoadResult
@@ -53,7 +53,7 @@ STAGE_TASK: dict[str, Any] = {
 
 @task(name="extract", timeout_seconds=3 * 3600, **STAGE_TASK)
 def extract(ctx: RunContext) -> tuple[ExtractOutput, dict[str, Any]]:
-    with measure("extract") as m:
+    with measure("extract") as m, input_withheld("extract"):
         out = stages.extract(ctx)
     return out, m.as_dict()
 
@@ -63,21 +63,21 @@ def landed_extract(
     ctx: RunContext, landed_run_id: str
 ) -> tuple[ExtractOutput, dict[str, Any]] | None:
     """The raw day ``tripflow land`` staged (None if it was replaced since: extract again)."""
-    with measure("extract") as m:
+    with measure("extract") as m, input_withheld("extract"):
         out = landing.landed_extract(ctx, landed_run_id)
     return None if out is None else (out, m.as_dict())
 
 
 @task(name="transform", timeout_seconds=3 * 3600, **STAGE_TASK)
 def transform(ctx: RunContext) -> tuple[TransformOutput, dict[str, Any]]:
-    with measure("transform") as m:
+    with measure("transform") as m, input_withheld("transform"):
         out = stages.transform(ctx)
     return out, m.as_dict()
 
 
 @task(name="load", timeout_seconds=2 * 3600, **STAGE_TASK)
 def load(ctx: RunContext) -> tuple[LoadResult, dict[str, Any]]:
-    with measure("load") as m:
+    with measure("load") as m, input_withheld("load"):
         out = stages.load(ctx, m.warehouse)
     return out, m.as_dict()
 
@@ -86,7 +86,7 @@ def load(ctx: RunContext) -> tuple[LoadResult, dict[str, Any]]:
 def validate(
     ctx: RunContext, extracted: int, quarantined: int, loaded: LoadResult
 ) -> tuple[list[CheckResult], dict[str, Any]]:
-    with measure("validate") as m:
+    with measure("validate") as m, input_withheld("validate"):
         out = stages.validate(ctx, extracted, quarantined, loaded, m.warehouse)
     return out, m.as_dict()
 
@@ -95,6 +95,6 @@ def validate(
 #: pod's deadline (tests/k8s/test_deadlines.py).
 @task(name="publish", timeout_seconds=1800, **STAGE_TASK)
 def publish(ctx: RunContext, loaded: LoadResult, ledger: LedgerRow) -> tuple[int, dict[str, Any]]:
-    with measure("publish") as m:
+    with measure("publish") as m, input_withheld("publish"):
         out = stages.publish(ctx, loaded, ledger, m.warehouse)
     return out, m.as_dict()

@@ -8,12 +8,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import date
+from typing import Any
 
+import duckdb
 import polars as pl
 import pytest
 
 from tasks.contract import CONTRACT_COLUMNS, RAW_SCHEMA
-from tasks.errors import SchemaError, describe_value, error_from_dict, value_shape
+from tasks.errors import (
+    InfrastructureError,
+    InternalError,
+    SchemaError,
+    describe_value,
+    error_from_dict,
+    input_withheld,
+    library_message,
+    value_shape,
+)
 from tasks.formats import with_missing
 from tasks.transforms import (
     EMAIL_SHAPED_COLUMNS,
@@ -166,3 +177,59 @@ def test_to_raw_hashes_email_shaped_values_and_counts_them() -> None:
         "payment_type": 0,
         "status": 1,
     }
+
+
+# --- a library's own message: what it quotes is withheld ----------------------------------------
+
+SECRET = "alice.secret@rider.example"
+
+
+def _raised(fn: Any) -> BaseException:
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    raise AssertionError("nothing raised")
+
+
+def test_library_messages_that_quote_a_cell_are_withheld() -> None:
+    # Real messages: Polars' strict cast, DuckDB's cast, Polars' CSV reader (an open quote).
+    polars_cast = _raised(lambda: pl.Series("fare_usd", [SECRET]).cast(pl.Float64, strict=True))
+    duckdb_cast = _raised(lambda: duckdb.sql(f"SELECT CAST('{SECRET}' AS INTEGER)").fetchall())
+    csv = f'trip_id,fare_usd\nt1,"{SECRET},x\nt2,5\n'.encode()
+    polars_csv = _raised(lambda: pl.read_csv(csv, infer_schema=False))
+    for exc in (polars_cast, duckdb_cast, polars_csv):
+        assert SECRET in str(exc)  # the library quotes it ...
+        text = library_message(exc, keep={"fare_usd"})
+        assert SECRET not in text and "alice" not in text  # ... the error does not
+        assert text.startswith(type(exc).__name__ + ": ")
+        assert "characters withheld>" in text
+    # What is nobody's data stays: type names and the columns the caller knows.
+    assert "`str`" in library_message(polars_csv, keep={"fare_usd"})
+    assert "'fare_usd'" in library_message(polars_csv, keep={"fare_usd"})
+    assert "'fare_usd'" not in library_message(polars_csv)  # not known: withheld too
+
+
+def test_unquoted_email_shaped_words_are_withheld_and_long_messages_cut() -> None:
+    text = library_message(ValueError(f"row 3: got {SECRET} where a number was expected"))
+    assert (
+        text == "ValueError: row 3: got <e-mail-shaped text withheld> where a number was expected"
+    )
+    assert len(library_message(ValueError("x" * 5000))) <= len("ValueError: ") + 400
+
+
+def test_a_stage_raises_what_it_did_not_expect_as_an_internal_error_without_the_cell() -> None:
+    with pytest.raises(InternalError) as raised, input_withheld("transform"):
+        pl.Series([SECRET]).cast(pl.Int64, strict=True)
+    error = raised.value
+    assert SECRET not in str(error) and error.message.startswith("transform: InvalidOperationError")
+    assert error.__cause__ is None and error.__suppress_context__  # nothing chained for logs
+    assert error.__traceback__ is not None  # the frames are kept
+    assert (error.kind, error.exit_code) == ("internal", 3)
+    again = error_from_dict(error.as_dict())  # another pod's stage failure, rebuilt
+    assert isinstance(again, InternalError) and not isinstance(again, InfrastructureError)
+    # tripflow's own errors (already safe) and timeouts pass through untouched.
+    with pytest.raises(SchemaError), input_withheld("extract"):
+        raise SchemaError("bad", column="fare_usd")
+    with pytest.raises(TimeoutError), input_withheld("extract"):
+        raise TimeoutError("task timed out")

@@ -179,3 +179,46 @@ def test_canary_shifted_into_text_columns_is_hashed_everywhere(workdir: Path) ->
             "ORDER BY trip_id"
         ).fetchall()
     assert stored == [("M1", hashed, None), ("M2", "us-east", hashed)]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_canary_after_an_unclosed_quote_is_withheld_from_the_readers_message(workdir: Path) -> None:
+    """An unclosed quote: Polars' CSV reader refuses the file and quotes what follows the quote
+    (the canary and the next rows) in its message; the error keeps the message, not the text."""
+    email = _canary("csv-quote")
+    csv = workdir / "t.csv"
+    csv.write_text(
+        "\n".join([CANARY_HEADER, *_good_rows(), f'M1,2025-11-15 08:00:00,2,"{email},us-east'])
+        + "\n"
+    )
+    proc = _run(workdir, csv)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert_nowhere([email, CANARY_KEY], proc, workdir)
+    error = json.loads(proc.stdout)["error"]
+    assert (error["kind"], error["file"]) == ("schema", str(csv))
+    assert "could not parse `<text of" in error["message"] and "'fare_usd'" in error["message"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_canary_in_a_parquet_list_column_is_a_schema_error_naming_the_column(workdir: Path) -> None:
+    """A Parquet ``fare_usd`` of lists (the e-mail inside): a schema error naming the column —
+    before the fix Polars' cast error ended the run as an internal error with a traceback."""
+    email = _canary("parquet-list")
+    path = workdir / "t.parquet"
+    n = 40
+    pl.DataFrame(
+        {
+            "trip_id": [f"P{i}" for i in range(n)],
+            "pickup_ts": [datetime(2025, 11, 15, 8, i % 60) for i in range(n)],
+            "distance_km": [2.0] * n,
+            "fare_usd": [["5"]] * 6 + [[email]] + [["5"]] * (n - 7),
+            "region": ["us-east"] * n,
+        }
+    ).write_parquet(path)
+    proc = _run(workdir, path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert_nowhere([email, CANARY_KEY], proc, workdir)
+    error = json.loads(proc.stdout)["error"]
+    assert (error["kind"], error["column"]) == ("schema", "fare_usd")
+    assert "List values" in error["message"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.errors import SchemaError, UsageError, describe_value
+from tasks.errors import SchemaError, UsageError, describe_value, library_message
 from tasks.formats import TRIPS, FormatContext, SourceFormat, schema_probe, type_columns
 from tasks.metrics import rows_done
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
@@ -41,7 +41,9 @@ def _scan(path: str) -> pl.LazyFrame:
         try:
             return pl.scan_parquet(path).with_row_index("_source_row", offset=1)
         except pl.exceptions.PolarsError as exc:
-            raise SchemaError(f"not a readable Parquet file: {exc}", file=path) from exc
+            raise SchemaError(
+                f"not a readable Parquet file: {library_message(exc)}", file=path
+            ) from exc
     return pl.scan_csv(
         path,
         infer_schema=False,
@@ -93,17 +95,26 @@ class FileSource:
         except pl.exceptions.NoDataError as exc:
             raise SchemaError("the file is empty (0 bytes)", file=path) from exc
         except pl.exceptions.PolarsError as exc:
-            raise SchemaError(f"cannot read the file: {exc}", file=path) from exc
+            raise SchemaError(f"cannot read the file: {library_message(exc)}", file=path) from exc
         renames = self.format.resolve(file_columns)
         missing = self.format.missing_required(set(renames.values()))
         if missing:
             raise SchemaError("a required column is missing", file=path, column=missing[0])
         lf = lf.select("_source_row", *renames).rename(renames)
         schema = lf.collect_schema()
+        for name, dtype in schema.items():
+            if dtype.is_nested() or dtype == pl.Object:  # a Parquet list or struct: no cell fits
+                raise SchemaError(
+                    f"the column holds {dtype.base_type()} values, not single values",
+                    file=path,
+                    column=_original(renames, name),
+                )
         try:
             probe = schema_probe(lf, self.format, schema, self.timezone).collect()
-        except pl.exceptions.ComputeError as exc:
-            raise SchemaError(f"cannot read the file: {exc}", file=path) from exc
+        except pl.exceptions.PolarsError as exc:
+            raise SchemaError(
+                f"cannot read the file: {library_message(exc, keep=file_columns)}", file=path
+            ) from exc
         if lf.select(pl.len()).collect().item() == 0:
             raise SchemaError("the file has a header but no rows", file=path)
         for spec in self.format.columns:
@@ -136,19 +147,19 @@ class FileSource:
                     to_raw(contract, run_date, path, hash_email).sink_parquet(
                         out_dir / f"part-{index:05d}.parquet", **PARQUET_WRITE
                     )
-                except pl.exceptions.ComputeError as exc:
+                except pl.exceptions.PolarsError as exc:
                     raise _unreadable(path, exc) from exc
                 rows_done("extract", counts["on_day"])
         return stats
 
 
-def _unreadable(path: str, exc: pl.exceptions.ComputeError) -> SchemaError:
+def _unreadable(path: str, exc: pl.exceptions.PolarsError) -> SchemaError:
     """A file the reader refuses only once every column is read: a CSV row with more fields than
     the header (a misaligned row) passes the checks, which read fewer columns, and fails here.
     The reader names no row; its message quotes no value."""
     if "more fields than defined" in str(exc):
         return SchemaError("a row has more fields than the header (a misaligned row)", file=path)
-    return SchemaError(f"cannot read the file: {exc}", file=path)
+    return SchemaError(f"cannot read the file: {library_message(exc)}", file=path)
 
 
 def _original(renames: dict[str, str], name: str) -> str:
