@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,5 +98,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """tests/cluster last: its session fixtures keep a control plane, a Kubernetes worker and the
     shipped deployments (with their event triggers) on the session's Prefect server until the
     session ends, so no other test runs beside them. A stable sort: every other order stays."""
-    cluster = Path(__file__).resolve().parent / "cluster"
-    items.sort(key=lambda item: Path(item.path).resolve().is_relative_to(cluster))
+    items.sort(key=lambda item: Path(item.path).resolve().is_relative_to(CLUSTER_TESTS))
+
+
+CLUSTER_TESTS = Path(__file__).resolve().parent / "cluster"
+_cluster_started: list[float] = []
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    if not _cluster_started and nodeid.startswith("tests/cluster/"):
+        _cluster_started.append(time.monotonic())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The wall time of tests/cluster within this session (its session fixtures' setup and
+    teardown included), for the README's figure: measured on every run, asserted by none."""
+    if _cluster_started:
+        minutes = (time.monotonic() - _cluster_started[0]) / 60
+        terminalreporter.write_line(f"tests/cluster: {minutes:.1f} min wall (setup to teardown)")
