@@ -286,3 +286,36 @@ def test_turned_off_a_run_uses_prefects_temporary_server(home: Path, workdir: Pa
     assert "this run used Prefect's temporary server" in run.stderr
     assert not (home / local_server.STATE_FILE).exists()
     assert _servers(home) == []
+
+
+def test_land_emits_to_the_local_server(home: Path, workdir: Path) -> None:
+    # Without a configured server, `tripflow land` sends its event to the local server that
+    # `tripflow run` uses (before: to a temporary server, which took the event with it on exit).
+    env = _env(home)
+    staging = str(workdir / "staging")
+    landed = _cli(
+        *("land", "--date", "2025-11-15", "--source", "sample", "--staging", staging, "--json"),
+        env=env,
+        cwd=workdir,
+    )
+    assert landed.returncode == 0, landed.stderr
+    assert "Started the local Prefect server in the background" in landed.stderr
+    landed_run_id = json.loads(landed.stdout)["payload"]["landed_run_id"]
+    state = local_server.read_state(home)
+    assert state is not None and _servers(home) == [state.pid]
+
+    body = {"filter": {"event": {"name": ["tripflow.raw.landed"]}}, "limit": 50}
+    request = urllib.request.Request(
+        f"{state.api_url}/events/filter",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    deadline = time.monotonic() + 60  # the server stores events a moment after it takes them
+    while True:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            events = json.load(response)["events"]
+        if any(e["payload"].get("landed_run_id") == landed_run_id for e in events):
+            break
+        assert time.monotonic() < deadline, "tripflow.raw.landed is not on the local server"
+        time.sleep(0.5)
+    assert _servers(home) == [state.pid]  # it runs on after the CLI exited
