@@ -52,9 +52,14 @@ def land(
                 from prefect.events import emit_event
                 from prefect.events.worker import EventsWorker
 
-                if emit_event(**event) is None:
-                    console.print("[yellow]warning:[/] events are disabled: nothing emitted")
-                EventsWorker.drain_all(timeout=30)  # sent before the process exits
+                from flows.cli import _prefect_api  # here: flows.cli imports this module
+
+                # To the server `tripflow run` uses: the local background one unless a server
+                # is configured (else a temporary server would take the event and exit with it).
+                with _prefect_api():
+                    if emit_event(**event) is None:
+                        console.print("[yellow]warning:[/] events are disabled: nothing emitted")
+                    EventsWorker.drain_all(timeout=30)  # sent before the process exits
     except TripflowError as exc:
         console.print(f"[bold red]error:[/] {exc.message}")
         raise typer.Exit(exc.exit_code) from None

@@ -140,12 +140,49 @@ def _forget(home: Path, state: ServerState | None) -> None:
                 pid_file.unlink()
 
 
-def is_server_process(pid: int) -> bool:
-    """True when ``pid`` is alive and is a Prefect server (not a pid the system reused)."""
+#: How long a process may show an empty ``/proc/PID/cmdline`` while it is still being exec'd. The
+#: kernel runs close-on-exec (which is when ``Popen`` returns) before it sets up the new
+#: program's arguments; until then the new server reads as a process without a command line.
+EXEC_WAIT = 5.0
+_PF_KTHREAD = 0x00200000
+
+
+def _running(pid: int) -> tuple[bool, bool] | None:
+    """(a zombie, a kernel thread) for a process that exists; None when there is none."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
-        return False
+        return None
+    return fields[0] in ("Z", "X"), bool(int(fields[6]) & _PF_KTHREAD)
+
+
+def _proc_bytes(pid: int, name: str, wait: float = EXEC_WAIT) -> bytes:
+    """``/proc/PID/<name>`` (``cmdline`` or ``environ``); empty when the process is gone.
+
+    A live user process shows both empty only while it is being exec'd (see ``EXEC_WAIT``), so
+    that is waited out: a server started a moment ago is never taken for one that ended. A
+    zombie or a kernel thread has them empty for good.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            data = Path(f"/proc/{pid}/{name}").read_bytes()
+        except OSError:
+            return b""
+        if data:
+            return data
+        running = _running(pid)
+        if running is None or any(running) or time.monotonic() > deadline:
+            return b""
+        time.sleep(0.005)
+
+
+def is_server_process(pid: int, wait: float = EXEC_WAIT) -> bool:
+    """True when ``pid`` is alive and is a Prefect server (not a pid the system reused).
+
+    ``wait``: how long an empty command line is taken for an exec in progress.
+    """
+    cmdline = _proc_bytes(pid, "cmdline", wait)
     return SERVER_APP.encode() in cmdline or b"prefect\x00server\x00start" in cmdline
 
 
@@ -260,6 +297,7 @@ def _terminate(pid: int) -> None:
     for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
         try:
             os.kill(pid, sig)
+            os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP) server acts on SIGTERM only then
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
@@ -311,13 +349,10 @@ def servers_of(home: Path) -> list[int]:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
-        try:
-            if mark in (proc / "environ").read_bytes().split(b"\0") and is_server_process(
-                int(proc.name)
-            ):
-                found.append(int(proc.name))
-        except OSError:  # gone meanwhile, or another user's
-            continue
+        # Not waited for: a program may blank its own command line, and every process is read.
+        pid = int(proc.name)
+        if is_server_process(pid, wait=0) and mark in _proc_bytes(pid, "environ").split(b"\0"):
+            found.append(pid)
     return found
 
 
@@ -330,11 +365,8 @@ def _stop_strays(home: Path, keep: int | None = None) -> None:
 
 def _pid_alive(pid: int) -> bool:
     """True when a process with this pid runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    running = _running(pid)
+    return running is not None and not running[0]
 
 
 def _wait_ready(state: ServerState, deadline: float) -> bool:

@@ -192,6 +192,79 @@ def test_a_server_whose_state_was_lost_is_stopped_not_doubled(home: Path) -> Non
     assert _servers(home) == []  # ...but the server it started is stopped all the same
 
 
+def test_a_server_being_started_is_never_taken_for_one_that_ended() -> None:
+    # Popen returns at the kernel's close-on-exec, before the new program's command line is set:
+    # for a moment /proc/PID/cmdline reads empty. ensure() looks at the server it has just started
+    # at once; taking that moment for "it ended" made it give up on a server that was starting.
+    # Stand-in for the server: a shell whose command line names Prefect's server app.
+    for _ in range(40):
+        proc = subprocess.Popen(["sh", "-c", "sleep 30; :", local_server.SERVER_APP])
+        try:
+            assert local_server.is_server_process(proc.pid)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert not local_server.is_server_process(proc.pid)  # reaped: gone
+
+
+def test_a_stopped_server_is_stopped_by_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopped (SIGSTOP) process acts on SIGTERM only once continued; without SIGCONT the server
+    # would be killed (SIGKILL) after STOP_TIMEOUT instead of shutting down. Stand-in for the
+    # server: a shell whose command line names Prefect's server app and that notes SIGTERM.
+    monkeypatch.setattr(local_server, "STOP_TIMEOUT", 60.0)
+    ready, noted = tmp_path / "ready", tmp_path / "sigterm"
+    script = f'trap "echo > {noted}; exit 0" TERM; echo > {ready}; while :; do sleep 0.1; done'
+    proc = subprocess.Popen(["sh", "-c", script, local_server.SERVER_APP])
+    try:
+        while not ready.exists():  # its trap is set
+            assert proc.poll() is None
+            time.sleep(0.01)
+        assert local_server.is_server_process(proc.pid)
+        os.kill(proc.pid, signal.SIGSTOP)
+        local_server._terminate(proc.pid)
+        assert noted.exists()
+        assert not local_server.is_server_process(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_server_that_died_hangs_or_is_outdated_is_replaced(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def answers(state: local_server.ServerState) -> bool:
+        # As long as ensure() itself allows a server to answer (a busy machine is slow).
+        return local_server.healthy(state, timeout=local_server.ANSWER_TIMEOUT)
+
+    first = local_server.ensure(home)
+    assert first.reason == "none" and answers(first.state)
+
+    _kill(first.state.pid)
+    died = local_server.ensure(home)
+    assert died.reason == "died" and died.state.pid != first.state.pid
+    assert answers(died.state)
+
+    # Hung: alive but not answering, long after its start.
+    os.kill(died.state.pid, signal.SIGSTOP)
+    hung_state = local_server.ServerState(
+        died.state.pid, died.state.port, died.state.version, started_at=time.time() - 3600
+    )
+    (home / local_server.STATE_FILE).write_text(json.dumps(hung_state.__dict__))
+    hung = local_server.ensure(home)
+    assert hung.reason == "not-answering" and not local_server.is_server_process(died.state.pid)
+    assert answers(hung.state)
+
+    # An upgrade: the installed Prefect differs from the one the server runs. Stand-in: only one
+    # Prefect is installed here, so the installed version is reported as another one.
+    monkeypatch.setattr(local_server, "installed_version", lambda: "99.0.0")
+    upgraded = local_server.ensure(home)
+    assert upgraded.reason == "upgrade" and upgraded.state.pid != hung.state.pid
+    assert not local_server.is_server_process(hung.state.pid)
+    assert _servers(home) == [upgraded.state.pid]
+
+
 def test_no_local_server_where_a_profile_names_one(
     home: Path, workdir: Path, prefect_server: str
 ) -> None:
@@ -213,3 +286,36 @@ def test_turned_off_a_run_uses_prefects_temporary_server(home: Path, workdir: Pa
     assert "this run used Prefect's temporary server" in run.stderr
     assert not (home / local_server.STATE_FILE).exists()
     assert _servers(home) == []
+
+
+def test_land_emits_to_the_local_server(home: Path, workdir: Path) -> None:
+    # Without a configured server, `tripflow land` sends its event to the local server that
+    # `tripflow run` uses (before: to a temporary server, which took the event with it on exit).
+    env = _env(home)
+    staging = str(workdir / "staging")
+    landed = _cli(
+        *("land", "--date", "2025-11-15", "--source", "sample", "--staging", staging, "--json"),
+        env=env,
+        cwd=workdir,
+    )
+    assert landed.returncode == 0, landed.stderr
+    assert "Started the local Prefect server in the background" in landed.stderr
+    landed_run_id = json.loads(landed.stdout)["payload"]["landed_run_id"]
+    state = local_server.read_state(home)
+    assert state is not None and _servers(home) == [state.pid]
+
+    body = {"filter": {"event": {"name": ["tripflow.raw.landed"]}}, "limit": 50}
+    request = urllib.request.Request(
+        f"{state.api_url}/events/filter",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    deadline = time.monotonic() + 60  # the server stores events a moment after it takes them
+    while True:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            events = json.load(response)["events"]
+        if any(e["payload"].get("landed_run_id") == landed_run_id for e in events):
+            break
+        assert time.monotonic() < deadline, "tripflow.raw.landed is not on the local server"
+        time.sleep(0.5)
+    assert _servers(home) == [state.pid]  # it runs on after the CLI exited
