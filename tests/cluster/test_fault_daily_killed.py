@@ -148,6 +148,11 @@ def test_daily_pod_killed_mid_stage_never_two_writers_on_one_day(
             if interval[0] >= killed_at:
                 others.append((pod["metadata"]["labels"]["tripflow.io/stage"], interval))
         assert others, "no re-run of the day ran any stage"
+        first_other = min(i[0] for _, i in others)
+        print(
+            f"after the kill: the held transform ended at {orphan_interval[1] - killed_at:.1f} s, "
+            f"the first later stage pod started at {first_other - killed_at:.1f} s"
+        )
         overlapping = [(s, i) for s, i in others if i[0] < orphan_interval[1]]
         assert not overlapping, (
             f"two writers on {DAY}: the killed day's transform ran until "
