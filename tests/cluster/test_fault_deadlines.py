@@ -69,7 +69,7 @@ def _running(flow_run_id: Any) -> bool:
 
 
 def test_stuck_stage_is_alerted_before_its_deadline_then_fails_deadline_exceeded(
-    deployed: Deployed, shared_warehouse: Path, receiver: Receiver
+    deployed: Deployed, shared_warehouse: Path, receiver: Receiver, request: pytest.FixtureRequest
 ) -> None:
     day = "2025-11-05"
     with alerts.applied(receiver.url), Recorder(deployed.admin) as seen:
@@ -80,6 +80,9 @@ def test_stuck_stage_is_alerted_before_its_deadline_then_fails_deadline_exceeded
             lambda: next(iter(child_runs(flow_run_id)), None), 300, "the extract stage's run"
         )
         assert stages_of([extract]) == ["extract"]
+        # What the test stopped never outlives it (a stopped `prefect.engine` process of this
+        # run was seen left behind, stopped, after the session; why is not known).
+        request.addfinalizer(lambda: signal_flow_run(extract.id, signal.SIGKILL) and None)
         # A pod slow to start: its process held from its first moments, before its run is Running.
         wait_for(
             lambda: signal_flow_run(extract.id, signal.SIGSTOP),
