@@ -15,12 +15,15 @@ action to one notification block), applied idempotently by name (``apply``; the 
   resource label ``kubernetes.reason`` and its diagnosis in ``kubernetes.diagnosis``
   (prefect-kubernetes 0.8.0, ``observer.py``): both are matched, and the message carries both.
 - ``tripflow-daily-running-long`` (proactive, per flow run): a run of ``daily-trip-etl`` or of one
-  of its stage flows (``tripflow-extract`` …) entered Running and reached no final state within
-  45 minutes. The window is shorter than every one of these deployments' Job
-  ``activeDeadlineSeconds`` (stages 1 to 2 h; the daily run's covers its stages' deadlines twice
-  over, ``tests/k8s/test_deadlines.py``), so a stuck stage, or a run that lost its pod
-  (PrefectHQ/prefect#21022: OOM-killed runs left Running forever), is alerted before any deadline
-  ends it.
+  of its stage flows (``tripflow-extract`` …) entered Pending (the worker submits its Job) or
+  Running and reached no final state within 45 minutes. The window is shorter than every one of
+  these deployments' Job ``activeDeadlineSeconds`` (stages 1 to 2 h; the daily run's covers its
+  stages' deadlines twice over, ``tests/k8s/test_deadlines.py``), and it starts at Pending, before
+  the Job exists, while the deadline counts from the Job's start: so a stuck stage, or a run that
+  lost its pod (PrefectHQ/prefect#21022: OOM-killed runs left Running forever), is alerted before
+  any deadline ends it, however long its pod took to start. (Counted from Running, the window
+  ended that start-up time later: a pod slow to start — an image pull, a node scaling up — could
+  reach its deadline first, and the Crashed run was never alerted as running long.)
 
 Proactive triggers are evaluated by the server's triggers service every 5 seconds.
 """
@@ -74,6 +77,9 @@ _DAILY_AND_STAGE_FLOWS = {
     "prefect.resource.role": "flow",
     "prefect.resource.name": list(RUNNING_LONG_FLOWS),
 }
+#: A run's "Running longer than" window starts at the first of these (Pending: the worker is
+#: submitting its Job; Running: a run that had no Pending state seen).
+RUNNING_LONG_STARTS = {"prefect.flow-run.Pending", "prefect.flow-run.Running"}
 _FINAL_STATES = {
     "prefect.flow-run.Completed",
     "prefect.flow-run.Failed",
@@ -150,8 +156,8 @@ RUNNING_LONG_SUBJECT = (
     "tripflow: {{ flow_run.name }} Running longer than {{ automation.trigger.within }}"
 )
 RUNNING_LONG_BODY = """\
-tripflow run {{ flow_run.name }} has been Running for more than \
-{{ automation.trigger.within }} without finishing.
+tripflow run {{ flow_run.name }} has been Running (counted from its Pending state, when its pod \
+was submitted) for more than {{ automation.trigger.within }} without finishing.
 run_date: {{ flow_run.parameters.get('run_date') or 'default (yesterday)' }}
 A day's stages take minutes: this run is stuck, or has lost its pod (OOM-killed, evicted, node \
 gone). Its Job's activeDeadlineSeconds ends it later; check the pod now, then cancel or re-run \
@@ -228,7 +234,8 @@ def definitions(
             f"for over {running_longer_than}.",
             tags=TAGS,
             trigger=EventTrigger(
-                after={"prefect.flow-run.Running"},
+                # From Pending (before the Job exists), not Running: see the module docstring.
+                after=RUNNING_LONG_STARTS,
                 match={"prefect.resource.id": "prefect.flow-run.*"},
                 match_related=_DAILY_AND_STAGE_FLOWS,  # type: ignore[arg-type]
                 expect=_FINAL_STATES,

@@ -37,16 +37,26 @@ from datetime import date
 from typing import Any, Final
 from uuid import UUID
 
-from prefect import flow, get_client
+from prefect import flow, get_client, get_run_logger
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
+from prefect.exceptions import MissingContextError, ObjectNotFound
+from prefect.logging import get_logger
 from prefect.states import Cancelling
 
 from tasks import stage_tasks
 from tasks.checks import CheckResult
 from tasks.config import load_settings
 from tasks.errors import ChecksFailed, InfrastructureError, TripflowError, error_from_dict
+from tasks.locks import WAIT_SECONDS
 from tasks.report import RunReport
 from tasks.sources import make_source
 from tasks.stage_tasks import NO_FLOW_RETRIES
@@ -169,9 +179,10 @@ CANCEL_WAIT_SECONDS: Final = 25.0
 
 def _wait_for_stage(flow_run_id: UUID) -> FlowRun:
     """The stage's run once final. If this run ends first (its pod terminated, or cancelled), the
-    stage run is cancelled (the worker then deletes its Job) and waited for a while before the
-    day's lock is let go. Not a guarantee: a stage whose cancellation takes longer than
-    ``CANCEL_WAIT_SECONDS`` can still run beside a re-run of the day (tests/cluster README)."""
+    stage run is set Cancelling and waited for a while before the day's lock is let go. Not a
+    guarantee: Prefect 3.9.1's worker stops only runs that have not started, and a started stage
+    ends on its own (its engine sees Cancelling when it next runs; a stalled one does not), so the
+    next run of the day waits for it: ``wait_for_earlier_stage_runs``."""
     with get_client(sync_client=True) as client:
         try:
             while True:
@@ -197,6 +208,95 @@ def _cancel_stage(client: SyncPrefectClient, flow_run_id: UUID) -> None:
             if run.state is not None and run.state.is_final():
                 return
             time.sleep(0.5)
+
+
+#: Seconds after a stage run's Job deadline by which Kubernetes has ended its pod (the deadline
+#: deletes it; the default termination grace period is 30 s).
+DEADLINE_GRACE_SECONDS: Final = 60.0
+_NOT_ENDED: Final = [
+    StateType.SCHEDULED,
+    StateType.PENDING,
+    StateType.RUNNING,
+    StateType.PAUSED,
+    StateType.CANCELLING,
+]
+
+
+def _earlier_stage_runs(client: SyncPrefectClient, ctx: RunContext) -> list[tuple[str, FlowRun]]:
+    """Stage runs of this day on this staging that have not ended and may still have a pod:
+    (stage, run). A run started longer ago than its deployment's Job deadline (plus the pod's
+    grace period) has no pod any more, whatever its state says (PrefectHQ/prefect#21022)."""
+    deployments = {}
+    for stage, name in STAGE_DEPLOYMENTS.items():
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:  # not deployed: no run of it
+            continue
+        deadline = (deployment.job_variables or {}).get("active_deadline_seconds")
+        deployments[deployment.id] = (stage, deadline)
+    if not deployments:
+        return []
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_NOT_ENDED))
+        ),
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(deployments))),
+    )
+    now = time.time()
+    found = []
+    for run in runs:
+        stage, deadline = deployments[run.deployment_id]  # type: ignore[index]
+        params = run.parameters or {}
+        if str(params.get("run_date")) != ctx.run_date.isoformat():
+            continue
+        if str(params.get("staging") or "").rstrip("/") != ctx.settings.staging.rstrip("/"):
+            continue
+        if (
+            deadline is not None
+            and run.start_time is not None
+            and run.start_time.timestamp() + float(deadline) + DEADLINE_GRACE_SECONDS < now
+        ):
+            continue
+        found.append((stage, run))
+    return found
+
+
+def wait_for_earlier_stage_runs(ctx: RunContext, wait_seconds: float = WAIT_SECONDS) -> None:
+    """Before this run of the day dispatches any stage, wait until no earlier stage run of the day
+    (on the same staging) can still be writing: one whose daily run was killed mid-stage runs on
+    in its own pod (a cancel does not stop a started Kubernetes run), and the day's lock, held by
+    the daily run, was let go when that run's pod ended. Never two writers on one day; a stage
+    run that never ends is an error naming it once ``wait_seconds`` have passed."""
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:
+        logger = get_logger(__name__)
+    deadline = time.monotonic() + wait_seconds
+    reported: set[UUID] = set()
+    with get_client(sync_client=True) as client:
+        while True:
+            earlier = _earlier_stage_runs(client, ctx)
+            if not earlier:
+                return
+            for stage, run in earlier:
+                if run.id not in reported:
+                    reported.add(run.id)
+                    logger.warning(
+                        "day %s: waiting for an earlier %s stage run (flow run %s, %s) to end "
+                        "before writing its staging",
+                        ctx.run_date,
+                        stage,
+                        run.id,
+                        run.state.name if run.state else "no state",
+                    )
+            if time.monotonic() > deadline:
+                runs = ", ".join(f"{stage} (flow run {run.id})" for stage, run in earlier)
+                raise InfrastructureError(
+                    f"day {ctx.run_date}: earlier stage runs still not ended after "
+                    f"{wait_seconds:.0f}s: {runs}; end them (cancel or mark them Crashed) "
+                    "once their pods are gone"
+                )
+            time.sleep(POLL_SECONDS)
 
 
 def run_stage(ctx: RunContext, stage: str, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +333,7 @@ def run_stages_as_deployments(
     staging = {"staging": ctx.settings.staging}
     warehouse = {"warehouse": ctx.settings.warehouse}
 
+    wait_for_earlier_stage_runs(ctx)
     landed = stage_tasks.landed_extract(ctx, landed_run_id) if landed_run_id else None
     if landed is not None:
         report.extracted, measure = landed

@@ -1,14 +1,11 @@
-"""Deadlines, live: a Job past its deadline fails ``DeadlineExceeded`` (the REAL Job controller),
-its run ends Crashed and is alerted.
+"""Deadlines, live: a stuck stage is alerted before its deadline kills it; a Job past its deadline
+fails ``DeadlineExceeded`` (the REAL Job controller), its run ends Crashed and is alerted.
 
-"Stuck" is the daily pod's process stopped with SIGSTOP (as a read hung on a dead mount would hold
-it): the fake kubelet (a STAND-IN) keeps its pod Running, the flow run stays Running. The Job
+"Stuck" is a stage process stopped with SIGSTOP (as a read hung on a dead mount would hold it),
+after a slow start (its process held ``START_STALL_S`` before its run is Running, as an image
+pull on a new node would hold it):
+the fake kubelet (a STAND-IN) keeps its pod Running, the flow run stays Running. The Job
 controller's deadline then deletes the pod (SIGTERM, SIGKILL after the grace period).
-
-Not here (it failed when written, and is open in issue 13): a stuck *stage* run alerted as
-"Running longer than" before its deadline. tests/ops/test_automations.py proves that alert for a
-stuck stage flow on a process pool; on the cluster it did not fire within 204 s for a stopped
-``tripflow-extract`` run, cause not yet found.
 
 Kubernetes 1.20 schedules one re-check of a Job's deadline; the controller-manager's resync
 (``--min-resync-period=10s``) is the backstop: the tests wait on the Job's condition with a
@@ -36,12 +33,19 @@ from cluster.conftest import Deployed, Recorder, child_runs, run_deployment_cli,
 from cluster.faults_support import (
     shared_warehouse_fixture,  # noqa: F401 - a fixture
     signal_flow_run,
+    stages_of,
     state_names,
     wait_for,
 )
 from ops.conftest import Receiver
 
 pytestmark = pytest.mark.timeout(1800)
+
+#: How long the stuck stage's pod takes to start (its process held before its run is Running):
+#: more than the margin between the "Running longer than" window and the extract Job's deadline
+#: (45 min against 1 h, scaled: 108 s against 144 s). Counted from Running, the window then ended
+#: after the deadline had killed the stage, and the stuck stage was never alerted.
+START_STALL_S = 45
 
 #: Beyond a Job's deadline, how long the Job controller may take to fail it (its one scheduled
 #: re-check can be missed; the resync period is the backstop) on this loaded machine.
@@ -62,6 +66,77 @@ def _deadline_exceeded(seen: Recorder, flow_run_id: Any) -> dict[str, Any] | Non
 
 def _running(flow_run_id: Any) -> bool:
     return "Running" in state_names(flow_run_id)
+
+
+def test_stuck_stage_is_alerted_before_its_deadline_then_fails_deadline_exceeded(
+    deployed: Deployed, shared_warehouse: Path, receiver: Receiver, request: pytest.FixtureRequest
+) -> None:
+    day = "2025-11-05"
+    with alerts.applied(receiver.url), Recorder(deployed.admin) as seen:
+        flow_run_id = run_deployment_cli(
+            "daily-trip-etl/daily-trip-etl", "--param", f"run_date={day}", "--param", "rows=2000"
+        )
+        extract = wait_for(
+            lambda: next(iter(child_runs(flow_run_id)), None), 300, "the extract stage's run"
+        )
+        assert stages_of([extract]) == ["extract"]
+        # What the test stopped never outlives it (a stopped `prefect.engine` process of this
+        # run was seen left behind, stopped, after the session; why is not known).
+        request.addfinalizer(lambda: signal_flow_run(extract.id, signal.SIGKILL) and None)
+        # A pod slow to start: its process held from its first moments, before its run is Running.
+        wait_for(
+            lambda: signal_flow_run(extract.id, signal.SIGSTOP),
+            300,
+            "the extract pod's process",
+            every=0.05,
+        )
+        assert not _running(extract.id), "the extract run was Running before its pod was held"
+        time.sleep(START_STALL_S)
+        signal_flow_run(extract.id, signal.SIGCONT)
+        wait_for(lambda: _running(extract.id), 300, "the extract stage's run Running")
+        stopped = wait_for(
+            lambda: signal_flow_run(extract.id, signal.SIGSTOP), 60, "the extract pod's process"
+        )
+        assert stopped >= 1
+        [job] = wait_for(lambda: seen.of_flow_run("Job", extract.id), 60, "the extract Job")
+        deadline_s = job["spec"]["activeDeadlineSeconds"]
+        assert (
+            deadline_s
+            == deployed.deployment("extract")["work_pool"]["job_variables"][
+                "active_deadline_seconds"
+            ]
+        )
+
+        alert = receiver.wait_for(
+            lambda p: (
+                "Running longer than" in str(p.body.get("subject"))
+                and extract.name in str(p.body.get("subject"))
+            ),
+            deadline_s + 60,
+        )
+        failed = wait_for(
+            lambda: _deadline_exceeded(seen, extract.id),
+            deadline_s + CONTROLLER_SLACK_S,
+            "the extract Job's Failed condition",
+        )
+        assert failed["condition"]["reason"] == "DeadlineExceeded", failed["condition"]
+        job_started = _ts(failed["job"]["status"]["startTime"])
+        # Alerted before the deadline could kill the stage (the Job's start + its deadline).
+        print(
+            f"stuck stage alerted {job_started + deadline_s - alert.at:.0f} s before its "
+            f"{deadline_s} s deadline; Job failed "
+            f"{_ts(failed['condition']['lastTransitionTime']) - job_started:.0f} s after start"
+        )
+        assert alert.at < job_started + deadline_s, (alert.at, job_started, deadline_s)
+
+        stage_final = wait_final(deployed, extract.id, CONTROLLER_SLACK_S)
+        assert stage_final.state.name == "Crashed", stage_final.state
+        # The day dispatches the crashed stage once more (flows.dispatch) and goes on.
+        daily = deployed.deployment("daily-trip-etl")["work_pool"]["job_variables"]
+        final = wait_final(deployed, flow_run_id, daily["active_deadline_seconds"] + 120)
+        assert final.state.name == "Completed", final.state
+        stages = stages_of(child_runs(flow_run_id))
+        assert stages == ["extract", "extract", "transform", "load", "validate"], stages
 
 
 def test_daily_job_past_its_deadline_fails_and_its_crashed_run_is_alerted(

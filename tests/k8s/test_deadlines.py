@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from k8s.k8s_support import ROOT, WORKER_VALUES, deployments_by_name, flow_name_of
+from prefect.events.schemas.automations import EventTrigger
 
 from flows import automations
 from flows.stages import CRASH_ATTEMPTS, STAGE_DEPLOYMENTS
@@ -115,10 +116,18 @@ def test_running_long_alert_watches_the_day_and_every_stage() -> None:
 def test_running_long_alert_fires_before_any_deadline(name: str) -> None:
     """A stuck stage (or day) is alerted as running too long before its Job's deadline kills it:
     the alert's window plus one evaluation period of the server's proactive triggers ends before
-    the shortest deadline of any run it watches. (A Job's deadline counts from the Job's start,
-    the alert from the run's Running state, which comes later: the comparison is conservative.)"""
+    the shortest deadline of any run it watches. A Job's deadline counts from the Job's start;
+    the alert's window must start no later, or the pod's start-up time eats the margin (counted
+    from Running, a stage pod slow to start reached its deadline un-alerted on the live cluster,
+    tests/cluster/test_fault_deadlines.py): it starts at the run's Pending state, which the worker
+    sets before it creates the Job."""
     from prefect.settings import get_current_settings
 
+    [automation] = [
+        a for a in automations.definitions(_BLOCK) if a.name == automations.RUNNING_LONG
+    ]
+    assert isinstance(automation.trigger, EventTrigger)
+    assert "prefect.flow-run.Pending" in automation.trigger.after
     granularity = get_current_settings().server.events.proactive_granularity
     fires_by = automations.RUNNING_LONGER_THAN + granularity
     deadline = timedelta(seconds=_job_variables(name)["active_deadline_seconds"])

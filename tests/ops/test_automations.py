@@ -76,7 +76,10 @@ def test_definitions_are_valid_for_the_server() -> None:
         ["prefect.flow-run.Completed"],
         26 * 3600.0,
     )
-    assert by_name[autos.RUNNING_LONG]["trigger"]["after"] == ["prefect.flow-run.Running"]
+    assert sorted(by_name[autos.RUNNING_LONG]["trigger"]["after"]) == [
+        "prefect.flow-run.Pending",
+        "prefect.flow-run.Running",
+    ]
     watched = by_name[autos.RUNNING_LONG]["trigger"]["match_related"]["prefect.resource.name"]
     stages = ("extract", "transform", "load", "validate")
     assert sorted(watched) == sorted(["daily-trip-etl", *(f"tripflow-{s}" for s in stages)])
