@@ -6,6 +6,7 @@ import json
 import subprocess
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -89,6 +90,21 @@ def _run(workdir: Path, source: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _parquet_day(path: Path, fares: list[Any]) -> Path:
+    """A Parquet day of ``len(fares)`` valid trips whose ``fare_usd`` column is ``fares``."""
+    n = len(fares)
+    pl.DataFrame(
+        {
+            "trip_id": [f"P{i}" for i in range(n)],
+            "pickup_ts": [datetime(2025, 11, 15, 8, i % 60) for i in range(n)],
+            "distance_km": [2.0] * n,
+            "fare_usd": fares,
+            "region": ["us-east"] * n,
+        }
+    ).write_parquet(path)
+    return path
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_canary_shifted_into_a_numeric_column_is_described_not_quoted(workdir: Path) -> None:
     """A CSV row missing two fields: the rider's e-mail lands in ``fare_usd``, a schema error."""
@@ -119,17 +135,7 @@ def test_canary_shifted_into_a_numeric_column_is_described_not_quoted(workdir: P
 @pytest.mark.usefixtures("prefect_server")
 def test_canary_in_a_parquet_numeric_column_is_described_not_quoted(workdir: Path) -> None:
     email = _canary("parquet-fare")
-    path = workdir / "t.parquet"
-    n = 40
-    pl.DataFrame(
-        {
-            "trip_id": [f"P{i}" for i in range(n)],
-            "pickup_ts": [datetime(2025, 11, 15, 8, i % 60) for i in range(n)],
-            "distance_km": [2.0] * n,
-            "fare_usd": ["5"] * 6 + [email] + ["5"] * (n - 7),
-            "region": ["us-east"] * n,
-        }
-    ).write_parquet(path)
+    path = _parquet_day(workdir / "t.parquet", ["5"] * 6 + [email] + ["5"] * 33)
     proc = _run(workdir, path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert_nowhere([email, CANARY_KEY], proc, workdir)
@@ -204,17 +210,7 @@ def test_canary_in_a_parquet_list_column_is_a_schema_error_naming_the_column(wor
     """A Parquet ``fare_usd`` of lists (the e-mail inside): a schema error naming the column —
     before the fix Polars' cast error ended the run as an internal error with a traceback."""
     email = _canary("parquet-list")
-    path = workdir / "t.parquet"
-    n = 40
-    pl.DataFrame(
-        {
-            "trip_id": [f"P{i}" for i in range(n)],
-            "pickup_ts": [datetime(2025, 11, 15, 8, i % 60) for i in range(n)],
-            "distance_km": [2.0] * n,
-            "fare_usd": [["5"]] * 6 + [[email]] + [["5"]] * (n - 7),
-            "region": ["us-east"] * n,
-        }
-    ).write_parquet(path)
+    path = _parquet_day(workdir / "t.parquet", [["5"]] * 6 + [[email]] + [["5"]] * 33)
     proc = _run(workdir, path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
