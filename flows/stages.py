@@ -222,10 +222,8 @@ _NOT_ENDED: Final = [
 ]
 
 
-def _earlier_stage_runs(client: SyncPrefectClient, ctx: RunContext) -> list[tuple[str, FlowRun]]:
-    """Stage runs of this day on this staging that have not ended and may still have a pod:
-    (stage, run). A run started longer ago than its deployment's Job deadline (plus the pod's
-    grace period) has no pod any more, whatever its state says (PrefectHQ/prefect#21022)."""
+def _stage_deployments(client: SyncPrefectClient) -> dict[UUID, tuple[str, Any]]:
+    """The deployed stage deployments: id -> (stage, its Job's deadline in seconds or None)."""
     deployments = {}
     for stage, name in STAGE_DEPLOYMENTS.items():
         try:
@@ -234,6 +232,15 @@ def _earlier_stage_runs(client: SyncPrefectClient, ctx: RunContext) -> list[tupl
             continue
         deadline = (deployment.job_variables or {}).get("active_deadline_seconds")
         deployments[deployment.id] = (stage, deadline)
+    return deployments
+
+
+def _earlier_stage_runs(
+    client: SyncPrefectClient, ctx: RunContext, deployments: dict[UUID, tuple[str, Any]]
+) -> list[tuple[str, FlowRun]]:
+    """Stage runs of this day on this staging that have not ended and may still have a pod:
+    (stage, run). A run started longer ago than its deployment's Job deadline (plus the pod's
+    grace period) has no pod any more, whatever its state says (PrefectHQ/prefect#21022)."""
     if not deployments:
         return []
     runs = client.read_flow_runs(
@@ -274,8 +281,9 @@ def wait_for_earlier_stage_runs(ctx: RunContext, wait_seconds: float = WAIT_SECO
     deadline = time.monotonic() + wait_seconds
     reported: set[UUID] = set()
     with get_client(sync_client=True) as client:
+        deployments = _stage_deployments(client)  # once: they do not change while we wait
         while True:
-            earlier = _earlier_stage_runs(client, ctx)
+            earlier = _earlier_stage_runs(client, ctx, deployments)
             if not earlier:
                 return
             for stage, run in earlier:
