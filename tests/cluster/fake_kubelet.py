@@ -275,9 +275,13 @@ class FakeKubelet:
     def on_gone(self, uid: str) -> None:
         with self.lock:
             pod = self.pods.pop(uid, None)
-        if pod is not None and pod.proc is not None and pod.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pod.proc.pid, signal.SIGKILL)
+        if pod is None:
+            return
+        with pod.lock:  # a process not yet started never starts (``run_pod`` checks ``deleting``)
+            pod.deleting = True
+            if pod.proc is not None and pod.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pod.proc.pid, signal.SIGKILL)
 
     def report(self, pod: Pod, phase: str, state: dict[str, Any], ready: bool = False) -> None:
         now = _now()
@@ -477,7 +481,9 @@ class FakeKubelet:
         cwd = pod.container.get("workingDir")
         cwd_path = Path(_remap(cwd, mounts)) if cwd else pod.folder
         with pod.lock, open(pod.log, "wb") as log:
-            if pod.deleting:
+            # Checked under the pod's lock, which ``stop`` takes too: a pod whose process would
+            # start while the kubelet stops is never started (it would outlive the session).
+            if pod.deleting or self.stopping.is_set():
                 pod.done.set()
                 return
             pod.proc = subprocess.Popen(
@@ -609,9 +615,12 @@ class FakeKubelet:
         with self.lock:
             pods = list(self.pods.values())
         for pod in pods:
-            if pod.proc is not None and pod.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pod.proc.pid, signal.SIGKILL)
+            # Under the pod's lock: a process being started now is started before this looks
+            # (and is killed), or sees ``stopping`` and is never started.
+            with pod.lock:
+                if pod.proc is not None and pod.proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pod.proc.pid, signal.SIGKILL)
 
 
 def _remap(value: str, mounts: dict[str, Path]) -> str:
