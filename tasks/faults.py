@@ -12,7 +12,9 @@ A barrier point holds runs instead: with ``TRIPFLOW_PAUSE_AT=<point>`` and
 ``TRIPFLOW_BARRIER=<folder>:<parties>``, each process reaching the point waits there (at most
 ``BARRIER_TIMEOUT_SECONDS``) until ``parties`` processes have reached it. ``tests/test_day_race.py``
 holds two runs of one day before ``publish`` so that they overlap for certain, whatever the
-machine's load, and their publishes race.
+machine's load, and their publishes race; ``tests/cluster/test_fault_daily_killed.py`` holds a
+transform mid-stage (``transform``: clean and quarantine written, region totals not yet) and
+releases it by adding the second party itself.
 
 ``SUBMITTED`` (``publish-submitted``) is the other side of a client/server warehouse's publish:
 the client dies right after it handed the publish batch or job to the server (Redshift, BigQuery)

@@ -150,6 +150,7 @@ def transform(ctx: RunContext) -> TransformOutput:
     quarantine = staging.read("quarantine", ctx.run_date)
     rows_done("transform", clean.rows + quarantine.rows)
     kill_point("transform")  # clean and quarantine replaced, region_daily not yet
+    barrier_point("transform")  # tests/cluster/test_fault_daily_killed.py holds the stage here
     with staging.write("region_daily", ctx.run_date, ctx.run_id) as region_dir:
         region_daily(clean.scan(CLEAN_SCHEMA)).sink_parquet(
             region_dir / "part-00000.parquet", **PARQUET_WRITE

@@ -1,14 +1,18 @@
 """The daily pod killed mid-stage, live: its stage run is cancelled or finishes before any re-run of
 the day writes the same staging — never two writers on one day.
 
-The day's transform stage runs in its own pod; the test holds it mid-stage (SIGSTOP: a slow
-stage, as a big day is) and deletes the daily run's pod (as a node drain or an operator would;
+The day's transform stage runs in its own pod; the test holds it mid-stage (at its pause point,
+clean and quarantine written, then SIGSTOP: a slow stage that cannot act on a cancel, as one
+inside a long native call is) and deletes the daily run's pod (as a node drain or an operator would;
 the fake kubelet, a STAND-IN, sends SIGTERM, then SIGKILL after the grace period). Then the day is
 re-run at once, as an operator would (``prefect deployment run … --param run_date=…``); on
 Kubernetes 1.20 the Job controller may also start a replacement pod for the killed daily run (a
 deleted pod is not counted as failed). The held stage is let go (SIGCONT: slow, not dead) as soon
-as its pod is being deleted (it then handles SIGTERM as a live process would), or any other stage
-pod of the day starts, or after ``HOLD_S``.
+as its pod is being deleted (it then handles SIGTERM as a live process would), or a stage run of
+the day started after the kill is Running (a second writer: the test has seen what it looks for),
+or after ``HOLD_S``. (Letting it go when another stage *pod* started, as a first version did, let
+it finish before that pod's run was Running: without the fix the test then passed, with the
+re-run's extract Running at the very moment the held run was Cancelled.)
 
 The killed daily run asks for its stage run to be cancelled, but Prefect 3.9.1's worker cancels
 only runs that have not started: the held transform runs on. What keeps the day to one writer is
@@ -45,6 +49,7 @@ from cluster.conftest import (
     wait_final,
 )
 from cluster.faults_support import (
+    job_variables,
     published_runs,
     shared_warehouse_fixture,  # noqa: F401 - a fixture
     signal_flow_run,
@@ -56,10 +61,11 @@ from cluster.faults_support import (
 pytestmark = pytest.mark.timeout(1800)
 
 DAY = "2025-11-03"
-#: The longest the killed day's stage is held (SIGSTOP) if no other stage pod starts: longer than
-#: the killed run's wait for its stage's cancellation (flows.stages.CANCEL_WAIT_SECONDS) plus a
-#: re-run's first stage pod start on this machine, so that a second writer would show.
+#: The longest the killed day's stage is held (SIGSTOP) if no later stage run is Running: longer
+#: than the killed run's wait for its stage's cancellation (flows.stages.CANCEL_WAIT_SECONDS) plus
+#: a re-run's first stage pod start on this machine, so that a second writer would show.
 HOLD_S = 90
+FINAL_STATES = ("Completed", "Failed", "Crashed", "Cancelled")
 
 
 def _ts(text: str) -> float:
@@ -120,7 +126,18 @@ def _stage_pods(seen: Recorder) -> list[dict[str, Any]]:
 def test_daily_pod_killed_mid_stage_never_two_writers_on_one_day(
     deployed: Deployed, shared_warehouse: Path
 ) -> None:
-    with Recorder(deployed.admin) as seen:
+    # Test-only override: the transform waits at its pause point (tasks.faults.barrier_point:
+    # clean and quarantine written, region totals not yet) until the test adds the second party,
+    # so that the SIGSTOP lands mid-stage for certain (a 20 000-trip transform can otherwise end
+    # between seeing its run Running and stopping it: seen once).
+    # Outside /tmp: the fake kubelet maps a pod's /tmp (an emptyDir) to a folder of its own.
+    barrier = shared_warehouse.parent / "transform-barrier"
+    transform = deployed.deployment("transform")["work_pool"]["job_variables"]
+    pause = {"TRIPFLOW_PAUSE_AT": "transform", "TRIPFLOW_BARRIER": f"{barrier}:2"}
+    with (
+        Recorder(deployed.admin) as seen,
+        job_variables("tripflow-transform/transform", env={**transform["env"], **pause}),
+    ):
         first = run_deployment_cli(
             "daily-trip-etl/daily-trip-etl", "--param", f"run_date={DAY}", "--param", "rows=20000"
         )
@@ -133,7 +150,20 @@ def test_daily_pod_killed_mid_stage_never_two_writers_on_one_day(
             return None
 
         orphan = wait_for(transform_running, 600, "the day's transform run Running")
+        wait_for(
+            lambda: barrier.is_dir() and len(list(barrier.iterdir())) >= 1,
+            600,
+            "the transform at its pause point",
+            every=0.2,
+        )
         wait_for(lambda: signal_flow_run(orphan.id, signal.SIGSTOP), 60, "the transform process")
+        ended = [n for n in state_names(orphan.id) if n in FINAL_STATES]
+        assert not ended, f"the held transform ended before the kill: {ended}"
+
+        def release() -> None:
+            (barrier / "the-test").touch()  # the second party: the pause point lets it go
+            signal_flow_run(orphan.id, signal.SIGCONT)
+
         [daily_pod] = [
             p for p in seen.of_flow_run("Pod", first) if p["metadata"]["uid"] not in seen.deleted
         ]
@@ -148,21 +178,18 @@ def test_daily_pod_killed_mid_stage_never_two_writers_on_one_day(
         )
 
         def other_writer_started() -> bool:
-            for pod in _stage_pods(seen):
-                if pod["metadata"]["uid"] == orphan_uid:
-                    continue
-                interval = _interval(seen, pod)
-                if interval and interval[0] >= killed_at:
-                    return True
-            return False
+            return any(
+                run_id != orphan.id and running is not None and running >= killed_at
+                for run_id, (_, running, _) in asyncio.run(_stage_run_times()).items()
+            )
 
         def orphan_terminating() -> bool:
             return bool(seen.objects[orphan_uid]["metadata"].get("deletionTimestamp"))
 
         deadline = time.monotonic() + HOLD_S
         while time.monotonic() < deadline and not (other_writer_started() or orphan_terminating()):
-            time.sleep(0.2)
-        signal_flow_run(orphan.id, signal.SIGCONT)  # let it go (if it still lives)
+            time.sleep(1)
+        release()  # let it go (if it still lives)
 
         daily = deployed.deployment("daily-trip-etl")["work_pool"]["job_variables"]
         final = wait_final(deployed, rerun, daily["active_deadline_seconds"] + 120)
