@@ -85,8 +85,8 @@ def _interval(seen: Recorder, pod: dict[str, Any]) -> tuple[float, float] | None
 
 
 async def _stage_run_times() -> dict[Any, tuple[str, float | None, float | None]]:
-    """Every stage flow run: (stage, its first Running time, its final state's time), from the
-    Prefect server's states."""
+    """Every stage flow run of ``DAY`` (no other test's): (stage, its first Running time, its
+    first final state's time), from the Prefect server's states."""
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -102,6 +102,8 @@ async def _stage_run_times() -> dict[Any, tuple[str, float | None, float | None]
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(ids)))
         )
         for run in runs:
+            if (run.parameters or {}).get("run_date") != DAY:
+                continue
             states = sorted(await client.read_flow_run_states(run.id), key=lambda s: s.timestamp)
             running = next((s.timestamp.timestamp() for s in states if s.name == "Running"), None)
             final = next((s.timestamp.timestamp() for s in states if s.is_final()), None)
