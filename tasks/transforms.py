@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from typing import Final
 
 import polars as pl
+from polars_hash import CryptographicHashingNameSpace
 
 from tasks.contract import (
     CLEAN_SCHEMA,
@@ -30,28 +31,34 @@ from tasks.contract import (
 EMAIL_HASH_HEX_CHARS: Final = 32
 
 
-#: How many hashed emails ``EmailHasher`` remembers before it starts afresh (bounds its memory).
-EMAIL_MEMO_LIMIT: Final = 1_000_000
-
-
 class EmailHasher:
-    """HMAC-SHA256 of normalized emails, each distinct value of a batch hashed once, joined back.
+    """HMAC-SHA256 of normalized (trimmed, lower-cased) e-mails, truncated to 128 bits.
 
-    The HMAC's inner and outer SHA-256 states are keyed once and copied per value (2.4x faster
-    than ``hmac.digest``). Hashed values are remembered across batches, up to
-    ``EMAIL_MEMO_LIMIT`` of them, so memory stays bounded whatever the day's size. One hasher
-    serves one writer: it is not safe to call from two threads at once.
+    The HMAC runs natively, one vectorised pass over the batch, in the ``polars-hash`` plugin
+    (Rust's ``hmac`` and ``sha2`` crates), with no per-value Python (``bench/hashing_bench.py``).
+    The plugin takes its key as text, so a key that is not UTF-8 (only possible from a key file
+    written by hand) is hashed by the standard library instead, each distinct value of a batch
+    once: the same bytes either way (``tests/test_transforms.py`` checks both against ``hmac``).
+    Holds no state between batches, so memory stays flat however many riders a day has.
     """
 
-    def __init__(self, key: bytes, memo_limit: int = EMAIL_MEMO_LIMIT) -> None:
+    def __init__(self, key: bytes) -> None:
+        try:
+            self._text_key: str | None = key.decode("utf-8")
+        except UnicodeDecodeError:
+            self._text_key = None
         block = key if len(key) <= 64 else hashlib.sha256(key).digest()
         block = block.ljust(64, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
-        self._limit = memo_limit
-        self._known = pl.DataFrame(schema={"email": pl.String, "hash": pl.String})
+
+    @property
+    def native(self) -> bool:
+        """Whether batches are hashed by the native plugin (the key is UTF-8)."""
+        return self._text_key is not None
 
     def digest(self, value: str) -> str:
+        """One normalized value's hash by the standard library (the non-UTF-8 key's path)."""
         inner = self._inner.copy()
         inner.update(value.encode())
         outer = self._outer.copy()
@@ -59,19 +66,19 @@ class EmailHasher:
         return outer.hexdigest()[:EMAIL_HASH_HEX_CHARS]
 
     def __call__(self, values: pl.Series) -> pl.Series:
-        normalized = values.cast(pl.String).str.strip_chars().str.to_lowercase().to_frame("email")
-        distinct = normalized.select(pl.col("email").unique().drop_nulls())
-        known = self._known.join(distinct, on="email", how="semi")
-        new = distinct.join(known, on="email", how="anti").get_column("email").to_list()
-        fresh = pl.DataFrame(
-            {"email": new, "hash": [self.digest(v) for v in new]}, schema=self._known.schema
+        normalized = values.cast(pl.String).str.strip_chars().str.to_lowercase()
+        if self._text_key is not None:
+            hashed = CryptographicHashingNameSpace(pl.col("email")).hmac_sha256(key=self._text_key)
+            out = normalized.to_frame("email").select(hashed.str.slice(0, EMAIL_HASH_HEX_CHARS))
+            return out.to_series().alias(values.name)
+        distinct = normalized.unique().drop_nulls()
+        lookup = pl.DataFrame(
+            {"email": distinct, "hash": [self.digest(v) for v in distinct]},
+            schema={"email": pl.String, "hash": pl.String},
         )
-        if self._known.height + fresh.height > self._limit:
-            self._known = fresh
-        else:
-            self._known = pl.concat([self._known, fresh])
-        lookup = pl.concat([known, fresh])
-        joined = normalized.join(lookup, on="email", how="left", maintain_order="left")
+        joined = normalized.to_frame("email").join(
+            lookup, on="email", how="left", maintain_order="left"
+        )
         return joined.get_column("hash").alias(values.name)
 
 
@@ -123,7 +130,7 @@ class CountingHasher:
     ``to_raw`` hands it ``rider_email`` and, masked to their e-mail-shaped values, the columns of
     ``EMAIL_SHAPED_COLUMNS``; ``email_shaped`` counts the values hashed in each of those (the
     quality report's ``email_shaped_values``). A lock keeps calls one at a time, whichever
-    thread Polars or a source's writer calls from (``EmailHasher`` serves one caller at a time).
+    thread Polars or a source's writer calls from (the counts are shared).
     """
 
     def __init__(self, hash_email: Callable[[pl.Series], pl.Series]) -> None:

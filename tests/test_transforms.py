@@ -230,14 +230,27 @@ def test_to_raw_takes_only_the_day_and_hashes_pii() -> None:
     assert list(out.columns) == list(RAW_SCHEMA)
 
 
-def test_email_hasher_stays_correct_past_its_memo_limit() -> None:
-    key = b"long key " * 10  # longer than a SHA-256 block: hashed first, as HMAC does
-    hasher = EmailHasher(key, memo_limit=3)
-    batches = [[f"u{i}@x.org" for i in range(j, j + 4)] for j in range(0, 12, 2)]
-    for batch in batches:
-        got = hasher(pl.Series(batch)).to_list()
-        want = [hmac.new(key, v.encode(), hashlib.sha256).hexdigest()[:32] for v in batch]
-        assert got == want
+@pytest.mark.parametrize(
+    "key",
+    [
+        b"k" * 32,
+        b"long key " * 10,  # longer than a SHA-256 block: hashed first, as HMAC does
+        "clé-ключ-鍵".encode(),  # UTF-8 beyond ASCII, as TRIPFLOW_PII_KEY may be
+        bytes(range(256)),  # not UTF-8 (a hand-written key file): the standard library's path
+    ],
+    ids=["32-bytes", "longer-than-a-block", "utf8-text", "not-utf8"],
+)
+def test_email_hasher_is_hmac_sha256_for_any_key(key: bytes) -> None:
+    hasher = EmailHasher(key)
+    assert hasher.native == (key != bytes(range(256)))
+    values = [f"u{i}@x.org" for i in range(40)] + ["  Élan@Exämple.COM ", "", None, "u3@x.org"]
+    got = hasher(pl.Series("rider_email", values, dtype=pl.String))
+    want = [
+        None if v is None else hmac.new(key, v.strip().lower().encode(), "sha256").hexdigest()[:32]
+        for v in values
+    ]
+    assert got.name == "rider_email"
+    assert got.to_list() == want
 
 
 def test_repeated_trip_ids_found_bucket_by_bucket_are_the_same_as_in_one_pass() -> None:
