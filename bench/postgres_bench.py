@@ -19,7 +19,7 @@ medians with the 1-minute load average read before each process:
 4. with ``--temporary-server``: once, after the rounds, the same run with no
    ``PREFECT_API_URL`` (Prefect starts a temporary server inside the process, counted);
 5. with ``--distinct-riders``: once, a second table of N trips where every trip has its own rider
-   (the email memo's worst case), run by tripflow with the running server: its peak;
+   (the most distinct e-mails to hash), run by tripflow with the running server: its peak;
 6. with ``--seed-way``: the seed's CSV + ``csv.DictReader`` way and its row-by-row INSERTs
    (extrapolated from 50,000 rows), once.
 

@@ -20,6 +20,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -92,14 +93,24 @@ def _prefect_api() -> Iterator[None]:
     if local_server.disabled_reason() is not None:
         yield
         return
+    # Where no settings file may name a server, a server that must start starts now, while
+    # Prefect is imported (~2 s of the CLI's wait); Prefect's own settings still decide below.
+    home = local_server.default_home()
+    begun = None
+    if not local_server.settings_files_may_name_a_server(Path.cwd(), home):
+        with contextlib.suppress(OSError):
+            begun = local_server.begin(home)
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     settings = get_current_settings()
+    if begun is not None and (settings.api.url or settings.home != home):
+        local_server.stop(home)  # not wanted after all: Prefect's settings say otherwise
+        begun = None
     if settings.api.url:
         yield
         return
     try:
-        decision = local_server.ensure(settings.home)
+        decision = local_server.ensure(settings.home, begun)
     except local_server.ServerError as exc:
         console.print(f"[yellow]warning:[/] {exc}; this run uses Prefect's temporary server")
         yield

@@ -11,7 +11,14 @@ Where: the server belongs to Prefect's home (``PREFECT_HOME``, default ``~/.pref
 - ``tripflow-server.lock``: an ``flock`` held while one process decides and starts, so two first
   calls racing start exactly one server (the kernel drops the lock if its holder dies);
 - ``tripflow-server.log``: the server's output;
-- ``server.pid``: written when absent, so ``prefect server stop`` stops it too.
+- ``server.pid``: written when absent, so ``prefect server stop`` stops it too;
+- ``tripflow-blocks.json``: what the database's block types were last registered from.
+
+Block types: at every start Prefect's server imports each installed collection (prefect-aws,
+-gcp, -snowflake, -kubernetes: ~3.7 of a start's ~8 s, ``bench/README.md``) only to find that
+its block types are already registered. A server ``tripflow`` starts registers them once, and
+again whenever what they come from changes (``blocks_key``: the Prefect and collection versions,
+the database); otherwise it starts with ``PREFECT_API_BLOCKS_REGISTER_ON_START`` off.
 
 Failure modes, each decided under the lock:
 
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -46,12 +54,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from importlib.metadata import entry_points
 from importlib.metadata import version as _dist_version
 from pathlib import Path
 
 STATE_FILE = "tripflow-server.json"
 LOCK_FILE = "tripflow-server.lock"
 LOG_FILE = "tripflow-server.log"
+BLOCKS_FILE = "tripflow-blocks.json"
 #: Prefect's own pid file for ``prefect server start --background`` / ``prefect server stop``.
 PREFECT_PID_FILE = "server.pid"
 DEFAULT_PORT = 4200
@@ -99,6 +109,32 @@ def disabled_reason(environ: dict[str, str] | os._Environ[str] | None = None) ->
     return None
 
 
+def settings_files_may_name_a_server(cwd: Path, home: Path) -> bool:
+    """Whether a file Prefect reads its settings from might name a server (or another home), read
+    as text without importing Prefect: its profiles file mentioning ``PREFECT_API_URL`` or
+    ``PREFECT_HOME``, a ``prefect.toml`` in ``cwd``, a ``[tool.prefect`` table in its
+    ``pyproject.toml``, a ``PREFECT_`` line in its ``.env``. Errs towards yes: then the CLI
+    starts no server before Prefect's own settings have said (``flows.cli._prefect_api``)."""
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
+    checks = [
+        (profiles, ("PREFECT_API_URL", "PREFECT_HOME")),
+        (cwd / "pyproject.toml", ("[tool.prefect",)),
+        (cwd / ".env", ("PREFECT_",)),
+    ]
+    if (cwd / "prefect.toml").exists():
+        return True
+    for path, words in checks:
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
+        if any(word in text for word in words):
+            return True
+    return False
+
+
 def default_home() -> Path:
     """Prefect's home as Prefect resolves it from the environment (``~/.prefect`` by default)."""
     return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
@@ -107,6 +143,40 @@ def default_home() -> Path:
 def installed_version() -> str:
     """The Prefect version installed in this environment (what a server started now would run)."""
     return _dist_version("prefect")
+
+
+def blocks_key(home: Path) -> str:
+    """What the block types a server registers depend on (no Prefect import): the installed
+    Prefect, each collection with a ``prefect.collections`` entry point and its version, and the
+    database (its URL when one is set, else the identity of ``home/prefect.db``), hashed."""
+    parts = [f"prefect=={installed_version()}"]
+    for entry in sorted(entry_points(group="prefect.collections"), key=lambda e: e.name):
+        dist = entry.dist
+        parts.append(f"{entry.name}={dist.name}=={dist.version}" if dist else entry.name)
+    url = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or os.environ.get(
+        "PREFECT_API_DATABASE_CONNECTION_URL"
+    )
+    try:
+        database = url or f"sqlite inode {(home / 'prefect.db').stat().st_ino}"
+    except OSError:
+        database = "no database yet"
+    parts.append(database)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def blocks_registered(home: Path) -> bool:
+    """True when a server of this home registered its block types from what is installed now."""
+    try:
+        recorded = json.loads((home / BLOCKS_FILE).read_text()).get("registered_from")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(recorded) and recorded == blocks_key(home)
+
+
+def _record_blocks(home: Path) -> None:
+    tmp = home / f".{BLOCKS_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps({"registered_from": blocks_key(home)}))
+    tmp.replace(home / BLOCKS_FILE)
 
 
 # --- reading the state ------------------------------------------------------------------------
@@ -258,6 +328,12 @@ def _spawn(home: Path, port: int) -> ServerState:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT__SERVER_FINAL="1",
     )
+    if blocks_registered(home):
+        # Nothing to register: skip the import of every collection that checking would cost.
+        env.update(
+            PREFECT_API_BLOCKS_REGISTER_ON_START="false",
+            PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION="false",
+        )
     command = [
         sys.executable,
         "-m",
@@ -323,7 +399,7 @@ def _decide(home: Path) -> Decision:
     reason = "none"
     if state is not None:
         if not is_server_process(state.pid):
-            reason = "stale-pid" if _pid_alive(state.pid) else "died"
+            reason = _gone(state)
         else:
             running = server_version(state, ANSWER_TIMEOUT)
             # Started by another call moments ago: wait for it rather than start a second one.
@@ -340,6 +416,25 @@ def _decide(home: Path) -> Decision:
         _forget(home, state)
     _stop_strays(home)
     return Decision(_spawn(home, _choose_port()), reason)
+
+
+def _gone(state: ServerState) -> str:
+    """Why a recorded server that is no longer a server process must be replaced."""
+    return "stale-pid" if _pid_alive(state.pid) else "died"
+
+
+def begin(home: Path) -> Decision | None:
+    """Start a server without waiting for it, when none is recorded as running; None when one is
+    (``ensure`` then decides whether it is of use). Lets the CLI import Prefect while the server
+    starts; ``ensure(home, begun)`` waits for it."""
+    with _locked(home):
+        state = read_state(home)
+        if state is not None and is_server_process(state.pid):
+            return None
+        reason = "none" if state is None else _gone(state)
+        _forget(home, state)
+        _stop_strays(home)
+        return Decision(_spawn(home, _choose_port()), reason)
 
 
 def servers_of(home: Path) -> list[int]:
@@ -380,8 +475,9 @@ def _wait_ready(state: ServerState, deadline: float) -> bool:
     return False
 
 
-def ensure(home: Path | None = None) -> Decision:
-    """A running local server of the installed Prefect version: the one recorded, or a new one.
+def ensure(home: Path | None = None, begun: Decision | None = None) -> Decision:
+    """A running local server of the installed Prefect version: the one recorded, or a new one
+    (``begun``: the one ``begin`` started, if it is still the one recorded).
 
     Exactly one process starts it (the others wait on the lock, then reuse it). Raises
     ``ServerError`` naming the log when it does not answer within ``START_TIMEOUT``.
@@ -389,10 +485,18 @@ def ensure(home: Path | None = None) -> Decision:
     home = default_home() if home is None else home
     for _attempt in range(2):  # a second try if another process took the port we chose
         with _locked(home):
-            decision = _decide(home)
+            recorded = read_state(home)
+            if begun is not None and recorded is not None and recorded.pid == begun.state.pid:
+                decision = begun  # started by ``begin``: still the one recorded, wait for it
+            else:
+                decision = _decide(home)
+            begun = None
             if decision.reason == "running":
                 return decision
             if _wait_ready(decision.state, deadline=decision.state.started_at + START_TIMEOUT):
+                # It answers only once its start-up, block registration included, is done.
+                if not blocks_registered(home):
+                    _record_blocks(home)
                 return decision
             alive = is_server_process(decision.state.pid)
             if alive:

@@ -265,6 +265,114 @@ def test_a_server_that_died_hangs_or_is_outdated_is_replaced(
     assert _servers(home) == [upgraded.state.pid]
 
 
+def test_which_settings_files_may_name_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PREFECT_PROFILES_PATH", raising=False)
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    may = local_server.settings_files_may_name_a_server
+    assert not may(cwd, home)
+    (home / "profiles.toml").write_text('active = "local"\n[profiles.local]\n')
+    (cwd / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (cwd / ".env").write_text("OTHER=1\n")
+    assert not may(cwd, home)
+    for path, text in [
+        (home / "profiles.toml", '[profiles.local]\nPREFECT_API_URL = "http://h:4200/api"\n'),
+        (home / "profiles.toml", '[profiles.local]\nPREFECT_HOME = "/elsewhere"\n'),
+        (cwd / "pyproject.toml", '[tool.prefect.api]\nurl = "http://h:4200/api"\n'),
+        (cwd / ".env", "PREFECT_API_URL=http://h:4200/api\n"),
+        (cwd / "prefect.toml", ""),
+    ]:
+        before = path.read_text() if path.exists() else None
+        path.write_text(text)
+        assert may(cwd, home), path.name
+        if before is None:
+            path.unlink()
+        else:
+            path.write_text(before)
+    assert not may(cwd, home)
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "other-profiles.toml"))
+    (tmp_path / "other-profiles.toml").write_text('PREFECT_API_URL = "http://h:4200/api"\n')
+    assert may(cwd, home)
+
+
+def test_a_server_begun_early_is_the_one_waited_for(home: Path) -> None:
+    begun = local_server.begin(home)
+    assert begun is not None and begun.reason == "none"
+    assert local_server.begin(home) is None  # recorded and alive: not started twice
+    ready = local_server.ensure(home, begun)
+    assert ready == begun
+    assert local_server.healthy(ready.state) and local_server.blocks_registered(home)
+    assert _servers(home) == [begun.state.pid]
+
+    # Replaced between begin and ensure (another call found it dead): the recorded one counts.
+    local_server.stop(home)
+    stale = local_server.begin(home)
+    assert stale is not None
+    _kill(stale.state.pid)
+    replaced = local_server.ensure(home)
+    assert replaced.reason == "died"
+    decided = local_server.ensure(home, stale)
+    assert decided.reason == "running" and decided.state.pid == replaced.state.pid
+    assert _servers(home) == [replaced.state.pid]
+
+
+def test_a_run_that_must_start_the_server_starts_it_and_keeps_it(home: Path, workdir: Path) -> None:
+    env = _env(home)
+    run = _cli("run", "--source", "sample", "--date", "2025-11-15", "--json", env=env, cwd=workdir)
+    assert run.returncode == 0, run.stderr
+    assert "Started the local Prefect server in the background" in run.stderr
+    state = local_server.read_state(home)
+    assert state is not None and _servers(home) == [state.pid]
+    with urllib.request.urlopen(
+        f"{state.api_url}/flow_runs/{json.loads(run.stdout)['flow_run_id']}"
+    ) as response:
+        assert json.load(response)["state_type"] == "COMPLETED"
+
+
+def _registers_blocks(pid: int) -> bool:
+    """Whether the server process runs with block registration on (the setting's default)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return b"PREFECT_API_BLOCKS_REGISTER_ON_START=false" not in environ
+
+
+def _block_type_slugs(state: local_server.ServerState) -> set[str]:
+    request = urllib.request.Request(
+        f"{state.api_url}/block_types/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return {item["slug"] for item in json.load(response)}
+
+
+def test_block_types_are_registered_once_and_again_when_what_they_come_from_changes(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = local_server.ensure(home)
+    assert _registers_blocks(first.state.pid)  # a new database: registered at start
+    assert local_server.blocks_registered(home)
+    # The installed collections' block types (prefect-aws, -gcp, -snowflake) are in the database.
+    registered = _block_type_slugs(first.state)
+    assert {"s3-bucket", "gcs-bucket", "snowflake-credentials"} <= registered
+
+    local_server.stop(home)
+    second = local_server.ensure(home)
+    assert not _registers_blocks(second.state.pid)  # nothing changed: no collection imported
+    assert _block_type_slugs(second.state) == registered
+
+    # A collection upgraded (stand-in: the recorded key no longer matches): registered again.
+    local_server.stop(home)
+    monkeypatch.setattr(local_server, "installed_version", lambda: "99.0.0")
+    assert not local_server.blocks_registered(home)
+    third = local_server.ensure(home)
+    assert _registers_blocks(third.state.pid)
+    assert local_server.blocks_registered(home)
+
+
 def test_no_local_server_where_a_profile_names_one(
     home: Path, workdir: Path, prefect_server: str
 ) -> None:
