@@ -224,7 +224,8 @@ def task_state_names(flow_run_id: Any) -> list[tuple[str, str]]:
     return asyncio.run(_task_states(flow_run_id))
 
 
-async def _deployment_ids() -> dict[Any, str]:
+async def stage_deployment_ids() -> dict[Any, str]:
+    """Each stage deployment's id, mapped to its stage."""
     from prefect import get_client
 
     from flows.stages import STAGE_DEPLOYMENTS
@@ -238,7 +239,7 @@ async def _deployment_ids() -> dict[Any, str]:
 
 def stages_of(children: list[Any]) -> list[str]:
     """Which stage each child run of a day is (by the stage deployment it is a run of)."""
-    ids = asyncio.run(_deployment_ids())
+    ids = asyncio.run(stage_deployment_ids())
     return [ids.get(c.deployment_id, "?") for c in children]
 
 

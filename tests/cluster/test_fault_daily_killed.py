@@ -53,6 +53,7 @@ from cluster.faults_support import (
     published_runs,
     shared_warehouse_fixture,  # noqa: F401 - a fixture
     signal_flow_run,
+    stage_deployment_ids,
     stages_of,
     state_names,
     wait_for,
@@ -90,14 +91,9 @@ async def _stage_run_times() -> dict[Any, tuple[str, float | None, float | None]
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from flows.stages import STAGE_DEPLOYMENTS
-
     out: dict[Any, tuple[str, float | None, float | None]] = {}
+    ids = await stage_deployment_ids()
     async with get_client() as client:
-        ids = {
-            (await client.read_deployment_by_name(name)).id: stage
-            for stage, name in STAGE_DEPLOYMENTS.items()
-        }
         runs = await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(ids)))
         )

@@ -19,13 +19,12 @@ import json, re, sys
 from datetime import date
 from pathlib import Path
 from tasks.sources.postgres import PostgresSource
-import polars as pl
+from tasks.transforms import EmailHasher
 dsn, table, out, chunk_rows = sys.argv[1:5]
 src = PostgresSource(dsn, table=table, timezone="UTC", region_set=None,
                      chunk_rows=int(chunk_rows), batch_bytes=1 << 20)
-# A keyed hash without a memo, so that only the source's own buffering is measured (the
-# pipeline's EmailHasher remembers each distinct rider: that grows with riders, by design).
-stats = src.extract(date(2025, 11, 15), Path(out), lambda s: s.hash(seed=7).cast(pl.String))
+# The pipeline's own hasher: it keeps nothing between batches, so the day's riders cannot grow it.
+stats = src.extract(date(2025, 11, 15), Path(out), EmailHasher(b"memory-probe-key"))
 # VmHWM, not ru_maxrss: on Linux ru_maxrss keeps the forking parent's high-water mark.
 status = Path("/proc/self/status").read_text()
 peak = int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1)) / 1024
