@@ -17,7 +17,8 @@ medians with the 1-minute load average read before each process:
    validate, publish) against a RUNNING Prefect server the benchmark starts once, on a PostgreSQL
    database of its own, as production servers run (its start-up is not counted);
 4. with ``--temporary-server``: once, after the rounds, the same run with no
-   ``PREFECT_API_URL`` (Prefect starts a temporary server inside the process, counted);
+   ``PREFECT_API_URL`` and ``TRIPFLOW_LOCAL_SERVER=0`` (Prefect starts a temporary server inside
+   the process, counted);
 5. with ``--distinct-riders``: once, a second table of N trips where every trip has its own rider
    (the most distinct e-mails to hash), run by tripflow with the running server: its peak;
 6. with ``--seed-way``: the seed's CSV + ``csv.DictReader`` way and its row-by-row INSERTs
@@ -346,9 +347,12 @@ def bench(args: argparse.Namespace, api: str, prefect_home: Path) -> dict[str, A
         print(f"[{rows:,}] seeded in {results['seed_seconds']}s", file=sys.stderr)
         quiet = {"PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_HOME": str(prefect_home)}
         running = {**env, **quiet, "PREFECT_API_URL": api}
+        # No PREFECT_API_URL and the local server off: Prefect's temporary server, in the process
+        # (without TRIPFLOW_LOCAL_SERVER=0 the CLI would start its background server instead).
         temporary = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {
             "PREFECT_LOGGING_LEVEL": "WARNING",
             "PREFECT_HOME": str(work / "prefect-temporary"),
+            "TRIPFLOW_LOCAL_SERVER": "0",
         }
         approaches: dict[str, Any] = {
             "floor": lambda: run_floor(env, work, day),
