@@ -204,6 +204,16 @@ def state_names(flow_run_id: Any) -> list[str]:
     return [s.name for s in sorted(asyncio.run(_states(flow_run_id)), key=lambda s: s.timestamp)]
 
 
+def state_timeline(flow_run_id: Any, since: float | None = None) -> str:
+    """A flow run's states with their times in seconds after ``since`` (by default its first
+    state), for a failure message."""
+    states = sorted(asyncio.run(_states(flow_run_id)), key=lambda s: s.timestamp)
+    if not states:
+        return "no states"
+    start = states[0].timestamp.timestamp() if since is None else since
+    return ", ".join(f"{s.name} at {s.timestamp.timestamp() - start:+.0f} s" for s in states)
+
+
 async def _task_states(flow_run_id: Any) -> list[tuple[str, str]]:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
