@@ -7,6 +7,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from prefect import tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -16,6 +17,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.states import Completed, Failed
 
+from flows.cli import RUN_TAGS
 from flows.daily import daily_trip_etl
 from tasks.errors import ChecksFailed, InfrastructureError, SchemaError
 from tasks.stage_tasks import transient
@@ -70,6 +72,20 @@ def test_flow_run_completes_with_its_name_and_artifacts(workdir: Path) -> None:
     assert "us-east" in summary and "51.4" in summary
     quality = str(artifacts["quality-report"].data)
     assert "min_rows" in quality and "volume_7d" in quality
+
+
+def test_the_callers_tags_tag_the_flow_run_and_no_task_run(workdir: Path) -> None:
+    """``tripflow run`` tags its flow run (RUN_TAGS); a tagged task run would have Prefect lease
+    a tag concurrency slot through the API around every stage (~4 s of an 8M day)."""
+    with tags(*RUN_TAGS):
+        report = daily_trip_etl(run_date=date(2025, 11, 15), source="sample")
+    run_id = report["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run_id]}))
+    assert set(RUN_TAGS) <= set(flow_run.tags)
+    assert {t.name.rsplit("-", 1)[0] for t in tasks} >= {"extract", "transform", "publish"}
+    assert {t.name: t.tags for t in tasks if t.tags} == {}
 
 
 def test_failed_check_fails_the_flow_run(workdir: Path) -> None:
