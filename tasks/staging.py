@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -64,6 +65,8 @@ RUNS: Final = "_runs"
 #: On object storage, a write's parts live under ``<stage>/date=D/run=<run_id>-<token>/``.
 PARTS_PREFIX: Final = "run="
 DOWNLOAD_CHUNK: Final = 8 << 20
+#: How many parts a manifest hashes at once.
+HASH_THREADS: Final = max(1, min(4, os.cpu_count() or 1))
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +415,11 @@ def _manifest(stage: str, run_date: date, run_id: str, tmp: Path, prefix: str) -
     entries = []
     total = 0
     schema: dict[str, str] = {}
-    for path in files:
+    # hashlib releases the GIL: the parts are hashed side by side (an 8M-trip raw day is ~1 GB,
+    # ~0.7 s hashed one after the other here).
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        digests = list(pool.map(_sha256, files))
+    for path, digest in zip(files, digests, strict=True):
         meta = pl.read_parquet_schema(path)
         rows = pl.scan_parquet(path).select(pl.len()).collect().item()
         schema = {name: str(dtype) for name, dtype in meta.items()}
@@ -422,7 +429,7 @@ def _manifest(stage: str, run_date: date, run_id: str, tmp: Path, prefix: str) -
                 "name": prefix + path.name,
                 "rows": rows,
                 "bytes": path.stat().st_size,
-                "sha256": _sha256(path),
+                "sha256": digest,
             }
         )
     return {
