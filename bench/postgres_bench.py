@@ -1,7 +1,7 @@
 """PostgreSQL day → published DuckDB, side by side: the COPY floor, dlt and tripflow, in rounds.
 
     uv run python bench/postgres_bench.py --rows 8000000 --rounds 3 --temporary-server \
-        --distinct-riders
+        --local-server --distinct-riders
 
 One throwaway PostgreSQL 15 (``tests/pg/pgserver.py``) holds ``public.trips``: N trips on the day
 from ``tripflow source seed-postgres`` (the project's realistic generator: UUID text ids, one
@@ -19,6 +19,9 @@ medians with the 1-minute load average read before each process:
 4. with ``--temporary-server``: once, after the rounds, the same run with no
    ``PREFECT_API_URL`` and ``TRIPFLOW_LOCAL_SERVER=0`` (Prefect starts a temporary server inside
    the process, counted);
+   with ``--local-server``: once, after the rounds, the same run against the CLI's own background
+   server (``tripflow server start``: SQLite, as a first-time user's ``tripflow run`` starts it),
+   already running (its start not counted);
 5. with ``--distinct-riders``: once, a second table of N trips where every trip has its own rider
    (the most distinct e-mails to hash), run by tripflow with the running server: its peak;
 6. with ``--seed-way``: the seed's CSV + ``csv.DictReader`` way and its row-by-row INSERTs
@@ -380,6 +383,23 @@ def bench(args: argparse.Namespace, api: str, prefect_home: Path) -> dict[str, A
             out["load_average_before"] = load
             results["temporary_server"] = out
             print(f"[{rows:,}] temporary server: {out}", file=sys.stderr)
+        if args.local_server:
+            # The CLI's own background server (SQLite, ``tripflow server start``), as a first-time
+            # user runs it: started before, not counted, stopped after.
+            local = {k: v for k, v in temporary.items() if k != "TRIPFLOW_LOCAL_SERVER"} | {
+                "PREFECT_HOME": str(work / "prefect-local")
+            }
+            subprocess.run([TRIPFLOW, "server", "start"], env=local, cwd=work, check=True,
+                           capture_output=True, timeout=300)  # fmt: skip
+            try:
+                load = load_average()
+                out = run_tripflow(local, work, day, "tripflow-local")
+                out["load_average_before"] = load
+                results["local_server"] = out
+                print(f"[{rows:,}] local server: {out}", file=sys.stderr)
+            finally:
+                subprocess.run([TRIPFLOW, "server", "stop"], env=local, cwd=work, check=False,
+                               capture_output=True, timeout=120)  # fmt: skip
         if args.distinct_riders:
             seeded = seed(env, day, rows, DISTINCT_TABLE, rows)
             print(f"[{rows:,}] distinct riders seeded in {seeded:.1f}s", file=sys.stderr)
@@ -439,6 +459,15 @@ def tables(r: dict[str, Any]) -> str:
             f"dlt / tripflow = {med['dlt'] / t['seconds']:.2f}x, tripflow / floor = "
             f"{t['seconds'] / med['floor']:.2f}x (load {t['load_average_before']})."
         )
+    if "local_server" in r:
+        t = r["local_server"]
+        lines.append(
+            f"- the CLI's own background server (`tripflow server start`, SQLite), running, one "
+            f"run after the rounds: {t['seconds']} s (stages {t['stages_seconds']} s), peak "
+            f"{t['peak_rss_mb']:.0f} MB; dlt / tripflow = {med['dlt'] / t['seconds']:.2f}x, "
+            f"tripflow / floor = {t['seconds'] / med['floor']:.2f}x (load "
+            f"{t['load_average_before']})."
+        )
     if "distinct_riders" in r:
         d = r["distinct_riders"]
         lines.append(
@@ -475,6 +504,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--date", default="2025-11-15")
     parser.add_argument("--temporary-server", action="store_true")
+    parser.add_argument("--local-server", action="store_true")
     parser.add_argument("--distinct-riders", action="store_true")
     parser.add_argument("--seed-way", action="store_true")
     parser.add_argument("--worker", choices=sorted(WORKERS))
