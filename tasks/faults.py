@@ -14,7 +14,9 @@ A barrier point holds runs instead: with ``TRIPFLOW_PAUSE_AT=<point>`` and
 holds two runs of one day before ``publish`` so that they overlap for certain, whatever the
 machine's load, and their publishes race; ``tests/cluster/test_fault_daily_killed.py`` holds a
 transform mid-stage (``transform``: clean and quarantine written, region totals not yet) and
-releases it by adding the second party itself.
+releases it by adding the second party itself; ``tests/cluster/test_fault_deadlines.py`` holds an
+extract (``extract``: parts written, manifest not yet) until its Job's deadline ends it, and the
+re-dispatched extract, the second party, goes through.
 
 ``SUBMITTED`` (``publish-submitted``) is the other side of a client/server warehouse's publish:
 the client dies right after it handed the publish batch or job to the server (Redshift, BigQuery)

@@ -103,6 +103,7 @@ def extract(ctx: RunContext) -> ExtractOutput:
     with ctx.staging.write("raw", ctx.run_date, ctx.run_id) as folder:
         stats = source.extract(ctx.run_date, folder, hasher)
         kill_point("extract")  # parts written, manifest not yet
+        barrier_point("extract")  # tests/cluster/test_fault_deadlines.py holds the stage here
     raw = ctx.staging.read("raw", ctx.run_date)
     return ExtractOutput(
         raw=raw.folder,

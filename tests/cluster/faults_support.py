@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 import pytest
 
 T = TypeVar("T")
+#: The states a flow run ends in.
+FINAL_STATES = ("Completed", "Failed", "Crashed", "Cancelled")
 
 
 def published_runs(warehouse: Path, day: str) -> list[str]:

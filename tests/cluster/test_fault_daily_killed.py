@@ -49,6 +49,7 @@ from cluster.conftest import (
     wait_final,
 )
 from cluster.faults_support import (
+    FINAL_STATES,
     job_variables,
     published_runs,
     shared_warehouse_fixture,  # noqa: F401 - a fixture
@@ -66,7 +67,6 @@ DAY = "2025-11-03"
 #: than the killed run's wait for its stage's cancellation (flows.stages.CANCEL_WAIT_SECONDS) plus
 #: a re-run's first stage pod start on this machine, so that a second writer would show.
 HOLD_S = 90
-FINAL_STATES = ("Completed", "Failed", "Crashed", "Cancelled")
 
 
 def _ts(text: str) -> float:

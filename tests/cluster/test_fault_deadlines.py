@@ -15,8 +15,13 @@ That the daily Job's deadline covers its stages' deadlines x dispatch attempts p
 time, and that the alert's window is shorter than every deadline, is checked from the files
 themselves by tests/k8s/test_deadlines.py (k8sfix); here the scaled values run for real.
 
-Test-only overrides (stated here): the second test gives its one daily run a lower
-``active_deadline_seconds`` (``--job-variable``), so the daily Job's deadline comes in seconds.
+Test-only overrides (stated here): the first test's extract deployment waits at its pause point
+(``TRIPFLOW_PAUSE_AT=extract``, ``tasks.faults.barrier_point``) so that it is stopped mid-stage for
+certain: a 2 000-trip extract can otherwise finish between the test seeing its run Running and
+stopping it (seen twice: the run Completed, so nothing was stuck and no alert was due); the
+re-dispatched extract, the barrier's second party, goes through. The second test gives its one
+daily run a lower ``active_deadline_seconds`` (``--job-variable``), so the daily Job's deadline
+comes in seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import pytest
 from cluster import alerts
 from cluster.conftest import Deployed, Recorder, child_runs, run_deployment_cli, wait_final
 from cluster.faults_support import (
+    FINAL_STATES,
+    job_variables,
     shared_warehouse_fixture,  # noqa: F401 - a fixture
     signal_flow_run,
     stages_of,
@@ -39,6 +46,8 @@ from cluster.faults_support import (
     wait_for,
 )
 from ops.conftest import Receiver
+
+from flows.stages import STAGE_DEPLOYMENTS
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -73,7 +82,15 @@ def test_stuck_stage_is_alerted_before_its_deadline_then_fails_deadline_exceeded
     deployed: Deployed, shared_warehouse: Path, receiver: Receiver, request: pytest.FixtureRequest
 ) -> None:
     day = "2025-11-05"
-    with alerts.applied(receiver.url), Recorder(deployed.admin) as seen:
+    # Outside /tmp: the fake kubelet maps a pod's /tmp (an emptyDir) to a folder of its own.
+    barrier = shared_warehouse.parent / "extract-barrier"
+    extract_env = deployed.deployment("extract")["work_pool"]["job_variables"]["env"]
+    pause = {"TRIPFLOW_PAUSE_AT": "extract", "TRIPFLOW_BARRIER": f"{barrier}:2"}
+    with (
+        alerts.applied(receiver.url),
+        Recorder(deployed.admin) as seen,
+        job_variables(STAGE_DEPLOYMENTS["extract"], env={**extract_env, **pause}),
+    ):
         flow_run_id = run_deployment_cli(
             "daily-trip-etl/daily-trip-etl", "--param", f"run_date={day}", "--param", "rows=2000"
         )
@@ -95,10 +112,18 @@ def test_stuck_stage_is_alerted_before_its_deadline_then_fails_deadline_exceeded
         time.sleep(START_STALL_S)
         signal_flow_run(extract.id, signal.SIGCONT)
         wait_for(lambda: _running(extract.id), 300, "the extract stage's run Running")
+        wait_for(
+            lambda: barrier.is_dir() and len(list(barrier.iterdir())) >= 1,
+            300,
+            "the extract at its pause point",
+            every=0.2,
+        )
         stopped = wait_for(
             lambda: signal_flow_run(extract.id, signal.SIGSTOP), 60, "the extract pod's process"
         )
         assert stopped >= 1
+        ended = [n for n in state_names(extract.id) if n in FINAL_STATES]
+        assert not ended, f"the held extract ended before it was stopped: {ended}"
         [job] = wait_for(lambda: seen.of_flow_run("Job", extract.id), 60, "the extract Job")
         deadline_s = job["spec"]["activeDeadlineSeconds"]
         assert (
