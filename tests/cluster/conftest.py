@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -478,6 +479,11 @@ async def _child_runs(flow_run_id: Any) -> list[Any]:
             )
         )
     return sorted(runs, key=lambda r: r.created)
+
+
+def iso_seconds(text: str) -> float:
+    """A Kubernetes timestamp (``2026-12-06T05:00:00Z``) as seconds since the epoch."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def wait_final(deployed: Deployed, flow_run_id: Any, timeout: float) -> Any:

@@ -60,6 +60,12 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: fl
         time.sleep(every)
 
 
+def at_pause_point(barrier: Path) -> bool:
+    """Whether a stage held by ``TRIPFLOW_PAUSE_AT`` has reached its pause point: its party's
+    entry is in the ``TRIPFLOW_BARRIER`` folder (``tasks.faults.barrier_point``)."""
+    return barrier.is_dir() and any(barrier.iterdir())
+
+
 async def _job_variables(name: str, changes: dict[str, Any] | None) -> dict[str, Any]:
     from prefect import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
@@ -201,15 +207,19 @@ async def _states(flow_run_id: Any) -> list[Any]:
         return list(await client.read_flow_run_states(flow_run_id))
 
 
+def _sorted_states(flow_run_id: Any) -> list[Any]:
+    return sorted(asyncio.run(_states(flow_run_id)), key=lambda s: s.timestamp)
+
+
 def state_names(flow_run_id: Any) -> list[str]:
     """The names of every state a flow run went through, in order."""
-    return [s.name for s in sorted(asyncio.run(_states(flow_run_id)), key=lambda s: s.timestamp)]
+    return [s.name for s in _sorted_states(flow_run_id)]
 
 
 def state_timeline(flow_run_id: Any, since: float | None = None) -> str:
     """A flow run's states with their times in seconds after ``since`` (by default its first
     state), for a failure message."""
-    states = sorted(asyncio.run(_states(flow_run_id)), key=lambda s: s.timestamp)
+    states = _sorted_states(flow_run_id)
     if not states:
         return "no states"
     start = states[0].timestamp.timestamp() if since is None else since

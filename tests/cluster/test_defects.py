@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 from cluster import alerts, overrides
-from cluster.conftest import Deployed, Recorder, child_runs, run_deployment_cli, wait_final
+from cluster.conftest import (
+    Deployed,
+    Recorder,
+    child_runs,
+    iso_seconds,
+    run_deployment_cli,
+    wait_final,
+)
 from helpers import tripflow
 from ops.conftest import Receiver
 
@@ -134,15 +141,13 @@ def _running_intervals(seen: Recorder, pods: list[dict[str, Any]]) -> list[tuple
         if not started:
             continue
         finished = (state.get("terminated") or {}).get("finishedAt")
-        end = _ts(finished) if finished else seen.deleted.get(pod["metadata"]["uid"], time.time())
-        out.append((_ts(started), end))
+        end = (
+            iso_seconds(finished)
+            if finished
+            else seen.deleted.get(pod["metadata"]["uid"], time.time())
+        )
+        out.append((iso_seconds(started), end))
     return sorted(out)
-
-
-def _ts(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def test_spot_reclaimed_transform_runs_one_at_a_time_and_publishes_once(

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +44,13 @@ from cluster.conftest import (
     Deployed,
     Recorder,
     child_runs,
+    iso_seconds,
     run_deployment_cli,
     wait_final,
 )
 from cluster.faults_support import (
     FINAL_STATES,
+    at_pause_point,
     job_variables,
     published_runs,
     shared_warehouse_fixture,  # noqa: F401 - a fixture
@@ -69,10 +70,6 @@ DAY = "2025-11-03"
 HOLD_S = 90
 
 
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def _interval(seen: Recorder, pod: dict[str, Any]) -> tuple[float, float] | None:
     """(container started, container ended or pod deleted or now), None if it never ran."""
     state = ((pod["status"].get("containerStatuses") or [{}])[0]).get("state", {})
@@ -81,8 +78,8 @@ def _interval(seen: Recorder, pod: dict[str, Any]) -> tuple[float, float] | None
         return None
     finished = (state.get("terminated") or {}).get("finishedAt")
     if finished:
-        return _ts(started), _ts(finished)
-    return _ts(started), seen.deleted.get(pod["metadata"]["uid"], time.time())
+        return iso_seconds(started), iso_seconds(finished)
+    return iso_seconds(started), seen.deleted.get(pod["metadata"]["uid"], time.time())
 
 
 async def _stage_run_times() -> dict[Any, tuple[str, float | None, float | None]]:
@@ -149,7 +146,7 @@ def test_daily_pod_killed_mid_stage_never_two_writers_on_one_day(
 
         orphan = wait_for(transform_running, 600, "the day's transform run Running")
         wait_for(
-            lambda: barrier.is_dir() and len(list(barrier.iterdir())) >= 1,
+            lambda: at_pause_point(barrier),
             600,
             "the transform at its pause point",
             every=0.2,

@@ -28,15 +28,22 @@ from __future__ import annotations
 
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster import alerts
-from cluster.conftest import Deployed, Recorder, child_runs, run_deployment_cli, wait_final
+from cluster.conftest import (
+    Deployed,
+    Recorder,
+    child_runs,
+    iso_seconds,
+    run_deployment_cli,
+    wait_final,
+)
 from cluster.faults_support import (
     FINAL_STATES,
+    at_pause_point,
     job_variables,
     shared_warehouse_fixture,  # noqa: F401 - a fixture
     signal_flow_run,
@@ -60,10 +67,6 @@ START_STALL_S = 45
 #: Beyond a Job's deadline, how long the Job controller may take to fail it (its one scheduled
 #: re-check can be missed; the resync period is the backstop) on this loaded machine.
 CONTROLLER_SLACK_S = 300
-
-
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _deadline_exceeded(seen: Recorder, flow_run_id: Any) -> dict[str, Any] | None:
@@ -113,7 +116,7 @@ def test_stuck_stage_is_alerted_before_its_deadline_then_fails_deadline_exceeded
         signal_flow_run(extract.id, signal.SIGCONT)
         wait_for(lambda: _running(extract.id), 300, "the extract stage's run Running")
         wait_for(
-            lambda: barrier.is_dir() and len(list(barrier.iterdir())) >= 1,
+            lambda: at_pause_point(barrier),
             300,
             "the extract at its pause point",
             every=0.2,
@@ -147,7 +150,7 @@ def test_stuck_stage_is_alerted_before_its_deadline_then_fails_deadline_exceeded
             start = job["status"].get("startTime")
             raise AssertionError(
                 f"{missing}; extract run states (from its Job's start, else its first state): "
-                f"{state_timeline(extract.id, _ts(start) if start else None)}"
+                f"{state_timeline(extract.id, iso_seconds(start) if start else None)}"
             ) from None
         failed = wait_for(
             lambda: _deadline_exceeded(seen, extract.id),
@@ -155,12 +158,12 @@ def test_stuck_stage_is_alerted_before_its_deadline_then_fails_deadline_exceeded
             "the extract Job's Failed condition",
         )
         assert failed["condition"]["reason"] == "DeadlineExceeded", failed["condition"]
-        job_started = _ts(failed["job"]["status"]["startTime"])
+        job_started = iso_seconds(failed["job"]["status"]["startTime"])
+        job_failed = iso_seconds(failed["condition"]["lastTransitionTime"])
         # Alerted before the deadline could kill the stage (the Job's start + its deadline).
         print(
             f"stuck stage alerted {job_started + deadline_s - alert.at:.0f} s before its "
-            f"{deadline_s} s deadline; Job failed "
-            f"{_ts(failed['condition']['lastTransitionTime']) - job_started:.0f} s after start"
+            f"{deadline_s} s deadline; Job failed {job_failed - job_started:.0f} s after start"
         )
         assert alert.at < job_started + deadline_s, (alert.at, job_started, deadline_s)
 
