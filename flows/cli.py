@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.traceback import Traceback
 
 from flows import render
 from flows.governance_cli import governance_app
@@ -87,7 +86,12 @@ def _quiet_tracebacks() -> None:
 def _prefect_api() -> Iterator[None]:
     """Runs go to the local background server (started on first use), unless Prefect's settings
     name a server (``PREFECT_API_URL`` in the environment, profile or ``prefect.toml``) or
-    ``TRIPFLOW_LOCAL_SERVER=0`` (then Prefect's temporary server, as before)."""
+    ``TRIPFLOW_LOCAL_SERVER=0`` (then Prefect's temporary server, as before).
+
+    On the local server a run starts no flow-run heartbeat thread unless Prefect's settings set
+    ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: heartbeats serve an automation that marks silent runs
+    crashed, and this server has none, while the thread, which sleeps in 1 s steps, is joined when
+    the run ends: up to 1 s of every run's wait. A named server keeps Prefect's default."""
     from flows import local_server
 
     if local_server.disabled_reason() is not None:
@@ -100,7 +104,12 @@ def _prefect_api() -> Iterator[None]:
     if not local_server.settings_files_may_name_a_server(Path.cwd(), home):
         with contextlib.suppress(OSError):
             begun = local_server.begin(home)
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
 
     settings = get_current_settings()
     if begun is not None and (settings.api.url or settings.home != home):
@@ -122,7 +131,10 @@ def _prefect_api() -> Iterator[None]:
             "(`tripflow server status`, `tripflow server stop`)"
         )
     os.environ["PREFECT_API_URL"] = state.api_url  # for any process this one starts
-    with temporary_settings({PREFECT_API_URL: state.api_url}):
+    updates: dict[Any, Any] = {PREFECT_API_URL: state.api_url}
+    if "heartbeat_frequency" not in settings.flows.model_fields_set:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with temporary_settings(updates):
         yield
 
 
@@ -189,6 +201,8 @@ def run(
         report = getattr(exc, "tripflow_report", None) or _bare_report(run_date, exc)
         # The traceback's frames, with the library's message withheld (it may quote input).
         withheld = InternalError(library_message(exc))
+        from rich.traceback import Traceback  # here: ~50 ms of every call's start otherwise
+
         console.print(Traceback.from_exception(InternalError, withheld, exc.__traceback__))
     finally:
         remove_listener(progress)

@@ -332,6 +332,43 @@ def test_a_run_that_must_start_the_server_starts_it_and_keeps_it(home: Path, wor
         assert json.load(response)["state_type"] == "COMPLETED"
 
 
+def _events(api_url: str, name: str, resource_id: str) -> list[dict[str, object]]:
+    body = {"filter": {"event": {"name": [name]}, "resource": {"id": [resource_id]}}, "limit": 50}
+    request = urllib.request.Request(
+        f"{api_url}/events/filter",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        events: list[dict[str, object]] = json.load(response)["events"]
+    return events
+
+
+def test_runs_on_the_local_server_send_heartbeats_only_when_prefects_settings_ask(
+    home: Path, workdir: Path
+) -> None:
+    # Nothing on the local server listens for flow-run heartbeats, and Prefect joins the
+    # heartbeat thread (which sleeps in 1 s steps) at every run's end: off unless asked for.
+    args = ("run", "--source", "sample", "--date", "2025-11-15", "--json")
+    quiet = _cli(*args, env=_env(home), cwd=workdir)
+    assert quiet.returncode == 0, quiet.stderr
+    asked = _cli(*args, env=_env(home, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30"), cwd=workdir)
+    assert asked.returncode == 0, asked.stderr
+    state = local_server.read_state(home)
+    assert state is not None
+
+    heartbeat = "prefect.flow-run.heartbeat"
+    asked_run = f"prefect.flow-run.{json.loads(asked.stdout)['flow_run_id']}"
+    deadline = time.monotonic() + 60  # the server stores events a moment after it takes them
+    while not _events(state.api_url, heartbeat, asked_run):
+        assert time.monotonic() < deadline, "the run that asked for heartbeats sent none"
+        time.sleep(0.5)
+    # Stored in order: the run before the one whose heartbeat is there sent none.
+    quiet_run = f"prefect.flow-run.{json.loads(quiet.stdout)['flow_run_id']}"
+    assert _events(state.api_url, heartbeat, quiet_run) == []
+    assert _events(state.api_url, "prefect.flow-run.Completed", quiet_run) != []
+
+
 def _registers_blocks(pid: int) -> bool:
     """Whether the server process runs with block registration on (the setting's default)."""
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

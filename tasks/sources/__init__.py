@@ -8,7 +8,6 @@ from tasks.errors import UsageError
 from tasks.formats import FORMATS
 from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail, Source
 from tasks.sources.files import FileSource, sample_source
-from tasks.sources.synthetic import SyntheticSource
 
 __all__ = ["EMPTY_STATS", "ExtractStats", "HashEmail", "Source", "make_source"]
 
@@ -18,6 +17,8 @@ def make_source(settings: Settings) -> Source:
     spec = settings.source.strip()
     region_set = frozenset(settings.regions) if settings.regions else None
     if spec == "synthetic":
+        from tasks.sources.synthetic import SyntheticSource  # numpy: only for this source
+
         return SyntheticSource(
             rows=settings.rows,
             seed=settings.synthetic_seed,
