@@ -1,6 +1,9 @@
 """Two revisions of tripflow side by side on one PostgreSQL day, through the CLI's own server.
 
     uv run python bench/revisions_bench.py --old bf9c25b --new HEAD --rows 8000000 --rounds 3
+    uv run python bench/revisions_bench.py --old 29b55cf --new HEAD --source sample --rounds 7
+
+``--source sample`` times the 10-row sample day instead (no PostgreSQL): the CLI's own cost.
 
 For a change whose effect is smaller than the machine's drift between two benchmark sessions: both
 revisions run in the same session, in alternating order (round r starts with the other one), on
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--date", default="2025-11-15")
+    parser.add_argument("--source", choices=("postgres", "sample"), default="postgres")
     args = parser.parse_args()
     # Each revision by its commit (``HEAD`` moves): what the table names.
     args.old, args.new = (
@@ -71,21 +75,18 @@ def main() -> None:
     )
     day = date.fromisoformat(args.date)
     work = Path(tempfile.mkdtemp(prefix="tripflow-revisions-"))
-    server = ThrowawayPostgres().start()
+    server = ThrowawayPostgres().start() if args.source == "postgres" else None
     trees: dict[str, Path] = {}
     try:
         trees = {args.old: worktree(args.old, work), args.new: worktree(args.new, work)}
-        dsn = server.dsn()
-        env = (
-            {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-            | pg_env(dsn)
-            | {
-                "TRIPFLOW_POSTGRES_DSN": dsn,
-                "PREFECT_HOME": str(work / "prefect"),
-                "PREFECT_LOGGING_LEVEL": "WARNING",
-            }
-        )
-        print(f"seeded {args.rows:,} trips in {seed(env, day, args.rows, TABLE, None):.1f} s")
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+            "PREFECT_HOME": str(work / "prefect"),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+        if server is not None:
+            dsn = server.dsn()
+            env |= pg_env(dsn) | {"TRIPFLOW_POSTGRES_DSN": dsn}
+            print(f"seeded {args.rows:,} trips in {seed(env, day, args.rows, TABLE, None):.1f} s")
         started = cli(trees[args.new], env, work, "server", "start")
         if started.returncode:
             raise SystemExit(f"tripflow server start failed: {started.stderr[-2000:]}")
@@ -99,7 +100,7 @@ def main() -> None:
                     run.mkdir()
                     load = os.getloadavg()[0]
                     began = time.perf_counter()
-                    done = cli(trees[rev], env, run, "run", "--source", "postgres",
+                    done = cli(trees[rev], env, run, "run", "--source", args.source,
                                "--date", str(day), "--json")  # fmt: skip
                     wall = time.perf_counter() - began
                     report = json.loads(done.stdout)
@@ -122,7 +123,8 @@ def main() -> None:
             outside = statistics.median(v[0] - v[1] for v in values)
             print(f"| {rev} | {wall:.2f} | {stages:.2f} | {outside:.2f} |")
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         for tree in trees.values():
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
