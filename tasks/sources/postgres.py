@@ -375,7 +375,11 @@ class PostgresSource:
             ident = sql.Identifier(col.column)
             if col.contract in NUMBER_COLUMNS and col.pg_type != "double precision":
                 items.append(sql.SQL("{}::float8 AS {}").format(ident, alias))
-            elif col.contract in TIMESTAMP_COLUMNS or col.pg_type in ("text", "character varying"):
+            elif (
+                col.contract in NUMBER_COLUMNS  # double precision: read as it is, not as text
+                or col.contract in TIMESTAMP_COLUMNS
+                or col.pg_type in ("text", "character varying")
+            ):
                 items.append(sql.SQL("{} AS {}").format(ident, alias))
             else:
                 items.append(sql.SQL("{}::text AS {}").format(ident, alias))
