@@ -133,9 +133,7 @@ def transform(ctx: RunContext) -> TransformOutput:
     # 300 MB higher and ran slower).
     passing = passing_rules(rows, region_set)
     buckets = max(1, -(-raw.rows // REPEATED_ID_BUCKET_ROWS))
-    repeated = pl.concat(
-        [repeated_id_hashes(passing, buckets, b).collect() for b in range(buckets)]
-    )
+    repeated = pl.concat([repeated_id_hashes(rows, buckets, b).collect() for b in range(buckets)])
     later = later_duplicates(passing, repeated).collect()
     with (
         staging.write("clean", ctx.run_date, ctx.run_id) as clean_dir,

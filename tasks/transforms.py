@@ -219,16 +219,21 @@ def with_rule_reasons(raw: pl.LazyFrame, region_set: frozenset[str] | None) -> p
     return raw.with_columns(_reason_bits=rule_bits(region_set))
 
 
-def repeated_id_hashes(flagged: pl.LazyFrame, buckets: int = 1, bucket: int = 0) -> pl.LazyFrame:
-    """64-bit hashes of the trip_ids that occur more than once among rows passing the rules.
+def repeated_id_hashes(rows: pl.LazyFrame, buckets: int = 1, bucket: int = 0) -> pl.LazyFrame:
+    """64-bit hashes of the trip_ids that occur more than once among ``rows``: the candidates
+    ``later_duplicates`` settles.
 
-    8 bytes a row instead of the string keeps this pass small, and sorting the hashes to find
-    equal neighbours needs half the memory of a hash group-by over every row (318 vs 674 MB at
-    8M trips). With ``buckets`` > 1 only the hashes with ``hash % buckets == bucket`` are looked
-    at, so a day too large for one pass is settled one bucket at a time in the same memory. A
-    hash collision only adds a candidate, which ``later_duplicates`` settles on the real trip_id.
+    The transform stage passes every raw row, not only those passing the rules: a superset of the
+    candidates (a trip_id repeated by an invalid row is settled like a collision), read from the
+    trip_id column alone, half the cost of applying the rules first (0.28 against 0.54 s at 8M
+    trips). 8 bytes a row instead of the string keeps this pass small, and sorting the hashes to
+    find equal neighbours needs half the memory of a hash group-by over every row (318 vs 674 MB
+    at 8M trips). With ``buckets`` > 1 only the hashes with ``hash % buckets == bucket`` are
+    looked at, so a day too large for one pass is settled one bucket at a time in the same
+    memory. A hash collision only adds a candidate, which ``later_duplicates`` settles on the
+    real trip_id.
     """
-    hashes = flagged.filter(pl.col("_reason_bits") == 0).select(_h=pl.col("trip_id").hash())
+    hashes = rows.select(_h=pl.col("trip_id").hash())
     if buckets > 1:
         hashes = hashes.filter(pl.col("_h") % buckets == bucket)
     return hashes.sort("_h").filter(pl.col("_h") == pl.col("_h").shift(1)).unique().select("_h")
@@ -242,11 +247,12 @@ def later_duplicates(flagged: pl.LazyFrame, repeated: pl.DataFrame | None = None
     (usually few) are sorted; they are picked by membership, a filter a Parquet scan applies as
     it decodes (a semi join held every row of a 32M-trip day: 1 GB).
     """
-    hashes = repeated_id_hashes(flagged).collect() if repeated is None else repeated
+    if repeated is None:
+        repeated = repeated_id_hashes(flagged.filter(pl.col("_reason_bits") == 0)).collect()
     return (
         flagged.filter(
             (pl.col("_reason_bits") == 0)
-            & pl.col("trip_id").hash().is_in(hashes.get_column("_h").implode())
+            & pl.col("trip_id").hash().is_in(repeated.get_column("_h").implode())
         )
         .select("trip_id", "_source_file", "_source_row")
         .sort("trip_id", "_source_file", "_source_row")

@@ -267,8 +267,9 @@ def test_repeated_trip_ids_found_bucket_by_bucket_are_the_same_as_in_one_pass() 
 
 
 def test_the_stage_filters_on_the_scan_and_gets_what_classify_gets() -> None:
-    """The transform stage filters raw rows on the scan itself (``classified_rows``): the same
-    clean and quarantined rows, with the same reasons, as ``classify`` then a filter."""
+    """The transform stage filters raw rows on the scan itself (``classified_rows``), with the
+    repeated trip_ids looked for among every raw row: the same clean and quarantined rows, with
+    the same reasons, as ``classify`` (candidates among valid rows only) then a filter."""
     rows = [
         {
             "trip_id": f"T{i % 9}",
@@ -283,7 +284,7 @@ def test_the_stage_filters_on_the_scan_and_gets_what_classify_gets() -> None:
     frame = raw(rows)
     regions = frozenset({"us-east"})
     passing = passing_rules(frame, regions)
-    later = later_duplicates(passing, repeated_id_hashes(passing).collect()).collect()
+    later = later_duplicates(passing, repeated_id_hashes(frame).collect()).collect()
     assert later.height > 0
     order = ("_source_file", "_source_row")
     for valid, pick in ((True, clean_trips), (False, quarantined_trips)):
