@@ -118,7 +118,7 @@ def hash_email_shaped(column: str, hash_email: Callable[[pl.Series], pl.Series])
         hashed = hash_email(masked)
         return pl.select(pl.when(shaped).then(hashed).otherwise(text)).to_series().alias(column)
 
-    return pl.col(column).map_batches(replace, return_dtype=pl.String)
+    return pl.col(column).map_batches(replace, return_dtype=pl.String, is_elementwise=True)
 
 
 class CountingHasher:
@@ -163,12 +163,14 @@ def to_raw(
 
     ``rider_email`` becomes ``rider_email_hash``; an e-mail-shaped value in any other text column
     (a misaligned row, a wrong field) is replaced by the same keyed hash (``hash_email_shaped``).
+    Both hashes are elementwise, so a scan streams through them a batch at a time (otherwise
+    Polars gathers each column of a whole file first: a 4M-row scan peaked at 1.6 against 0.7 GB).
     """
     return (
         contract.filter(pl.col("trip_date") == run_date)
         .with_columns(
             pl.col("rider_email")
-            .map_batches(hash_email, return_dtype=pl.String)
+            .map_batches(hash_email, return_dtype=pl.String, is_elementwise=True)
             .alias("rider_email_hash"),
             pl.lit(source_file, dtype=pl.String).alias("_source_file"),
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -177,6 +178,41 @@ def test_to_raw_hashes_email_shaped_values_and_counts_them() -> None:
         "payment_type": 0,
         "status": 1,
     }
+
+
+def test_to_raw_over_a_scan_hashes_batch_by_batch(tmp_path: Path) -> None:
+    """A whole-file source sinks ``to_raw`` of a scan: the hashes are elementwise, so Polars
+    streams them a batch at a time instead of gathering each column of the file first (a 4M-row
+    scan peaked at 1.6 GB that way; 0.7 GB streamed), with the same values and counts."""
+    rows = 300_000
+    contract = with_missing(
+        pl.LazyFrame(
+            {
+                "trip_id": [f"t{i}" for i in range(rows)],
+                "trip_date": [DAY] * rows,
+                "region": ["x@y.org" if i % 1000 == 0 else "us-east" for i in range(rows)],
+                "rider_email": [f"R{i % 977}@x.org" for i in range(rows)],
+                "_source_row": list(range(rows)),
+                "_pickup_given": [True] * rows,
+            }
+        ),
+        CONTRACT_COLUMNS,
+    ).collect()
+    source = tmp_path / "contract.parquet"
+    contract.write_parquet(source, row_group_size=20_000)
+    sizes: list[int] = []
+    hasher = CountingHasher(EmailHasher(KEY))
+
+    def spy(values: pl.Series) -> pl.Series:
+        sizes.append(values.len())
+        return hasher(values)
+
+    to_raw(pl.scan_parquet(source), DAY, "f.parquet", spy).sink_parquet(tmp_path / "raw.parquet")
+    assert max(sizes) < rows, "a column of the whole file reached the hasher at once"
+    out = pl.read_parquet(tmp_path / "raw.parquet")
+    expected = to_raw(contract.lazy(), DAY, "f.parquet", EmailHasher(KEY)).collect()
+    assert out.sort("_source_row").equals(expected.sort("_source_row"))
+    assert hasher.email_shaped["region"] == rows // 1000
 
 
 # --- a library's own message: what it quotes is withheld ----------------------------------------
