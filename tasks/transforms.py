@@ -111,7 +111,7 @@ def hash_email_shaped(column: str, hash_email: Callable[[pl.Series], pl.Series])
 
     def replace(values: pl.Series) -> pl.Series:
         text = values.cast(pl.String)
-        shaped = text.str.contains(EMAIL_PATTERN)
+        shaped = text.to_frame(column).select(email_shaped(column)).to_series()
         if not shaped.any():
             return text
         masked = pl.select(pl.when(shaped).then(text)).to_series().alias(column)
