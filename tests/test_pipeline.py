@@ -421,3 +421,44 @@ def test_staged_files_on_another_filesystem_are_copied(
     staged = Staging(str(tmp_path / "staging")).read("clean", DAY).files[0]
     assert adopted.read_bytes() == Path(staged).read_bytes()
     assert adopted.stat().st_ino != Path(staged).stat().st_ino
+
+
+def _loaded_figures(tmp: Path, repeat: int) -> int:
+    """``duplicate_trip_ids`` of the sample day with ``repeat`` rows given the first row's id."""
+    from tasks.contract import CLEAN_SCHEMA
+    from tasks.warehouses import StagedFiles
+    from tasks.warehouses.duckdb import DuckDBWarehouse
+
+    s = settings(tmp, source="sample")
+    run_day(s)
+    clean = Staging(s.staging).read("clean", DAY)
+    trips = pl.read_parquet(clean.files[0])
+    first = trips["trip_id"][0]
+    staged = tmp / "staged.parquet"
+    trips.with_columns(
+        pl.when(pl.col("_source_row").is_in(sorted(trips["_source_row"])[1 : 1 + repeat]))
+        .then(pl.lit(first))
+        .otherwise(pl.col("trip_id"))
+        .alias("trip_id")
+    ).select(CLEAN_SCHEMA.keys()).write_parquet(staged)
+    warehouse = DuckDBWarehouse(str(tmp / "wh.duckdb"))
+    loaded = warehouse.load(DAY, "run0009", StagedFiles([str(staged)], [], []))
+    return warehouse.figures(DAY, loaded).duplicate_trip_ids
+
+
+@pytest.mark.parametrize("repeat", [0, 1, 3])
+def test_figures_count_repeated_trip_ids(tmp_path: Path, repeat: int) -> None:
+    assert _loaded_figures(tmp_path, repeat) == repeat
+
+
+def test_a_trip_id_hash_collision_is_never_counted_as_a_duplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten distinct ids through a hash with two values collide; the ids themselves are counted.
+    from tasks.warehouses import duckdb as warehouse_module
+
+    colliding = warehouse_module.STAGING_FIGURES.replace("hash(trip_id)", "hash(trip_id) % 2")
+    assert colliding != warehouse_module.STAGING_FIGURES
+    monkeypatch.setattr(warehouse_module, "STAGING_FIGURES", colliding)
+    assert _loaded_figures(tmp_path, 0) == 0
+    assert _loaded_figures(tmp_path / "again", 2) == 2

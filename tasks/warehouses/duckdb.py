@@ -164,11 +164,18 @@ WHERE path_in_schema IN (SELECT unnest($columns::VARCHAR[]))
 GROUP BY path_in_schema
 """
 
+#: The day's rows, fares and repeated trip_ids, in one scan. Repeats are counted over a 64-bit hash
+#: of trip_id (half the time of comparing the text ids at 8M rows): when no two hashes are equal,
+#: no two ids are; when some are, ``DUPLICATE_TRIP_IDS`` counts the ids themselves, so a hash
+#: collision never fails the check by itself.
 STAGING_FIGURES: Final = """
 SELECT count(*) AS rows,
        coalesce(sum(fare_usd), 0) AS fare_usd_sum,
-       count(*) - count(DISTINCT trip_id) AS duplicate_trip_ids
+       count(*) - count(DISTINCT hash(trip_id)) AS repeated_trip_id_hashes
 FROM analytics_parts.trips_{suffix}
+"""
+DUPLICATE_TRIP_IDS: Final = """
+SELECT count(*) - count(DISTINCT trip_id) FROM analytics_parts.trips_{suffix}
 """
 
 REGION_MISMATCHES: Final = """
@@ -351,6 +358,7 @@ class DuckDBWarehouse:
         with self.connect() as con:
             row = con.execute(STAGING_FIGURES.format(**names)).fetchone()
             assert row is not None
+            duplicates = int(row[2]) and _scalar(con, DUPLICATE_TRIP_IDS.format(**names))
             mismatches = [r[0] for r in con.execute(REGION_MISMATCHES.format(**names)).fetchall()]
             history = {
                 d: int(n)
@@ -362,7 +370,7 @@ class DuckDBWarehouse:
         return Figures(
             rows=int(row[0]),
             fare_usd_sum=Decimal(row[1]),
-            duplicate_trip_ids=int(row[2]),
+            duplicate_trip_ids=duplicates,
             region_mismatches=mismatches,
             history=history,
         )
