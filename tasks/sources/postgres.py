@@ -77,6 +77,13 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 REQUIRED_COLUMNS: Final = ("trip_id", "pickup_ts", "distance_km", "fare_usd", "region")
 TIMESTAMP_COLUMNS: Final = ("pickup_ts", "dropoff_ts")
 NUMBER_COLUMNS: Final = ("distance_km", "fare_usd")
+#: Number types the day's query reads as they are; the others are cast to ``float8`` by the server
+#: (an integer's cast is cheap). ``numeric`` crosses in PostgreSQL's binary form, which the driver
+#: writes out as decimal text and the client parses (``_contract``): PostgreSQL's own
+#: ``numeric::float8`` formats every value as text and parses it back, in the one server process
+#: that bounds the read (its CPU for an 8M-trip day's read: ~11.3 -> ~9.7 s). Both parses round
+#: correctly, so the floats are the same.
+NUMBERS_READ_AS_THEY_ARE: Final = frozenset({"double precision", "numeric"})
 NUMBER_TYPES: Final = frozenset(
     {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
 )
@@ -373,10 +380,10 @@ class PostgresSource:
                 items.append(sql.SQL("NULL::{} AS {}").format(sql.SQL(null_type), alias))
                 continue
             ident = sql.Identifier(col.column)
-            if col.contract in NUMBER_COLUMNS and col.pg_type != "double precision":
+            if col.contract in NUMBER_COLUMNS and col.pg_type not in NUMBERS_READ_AS_THEY_ARE:
                 items.append(sql.SQL("{}::float8 AS {}").format(ident, alias))
             elif (
-                col.contract in NUMBER_COLUMNS  # double precision: read as it is, not as text
+                col.contract in NUMBER_COLUMNS  # see NUMBERS_READ_AS_THEY_ARE
                 or col.contract in TIMESTAMP_COLUMNS
                 or col.pg_type in ("text", "character varying")
             ):
@@ -408,7 +415,14 @@ class PostgresSource:
     def _contract(
         self, batches: list[pa.RecordBatch], first_row: int, described: list[_Column]
     ) -> pl.LazyFrame:
-        frame = pl.from_arrow(pa.Table.from_batches(batches))
+        table = pa.Table.from_batches(batches)
+        for i, field in enumerate(table.schema):
+            if isinstance(field.type, pa.BaseExtensionType):  # numeric: the driver's decimal text
+                storage = [chunk.storage for chunk in table.column(i).chunks]
+                table = table.set_column(
+                    i, field.name, pa.chunked_array(storage, type=field.type.storage_type)
+                )
+        frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
         tz = self.timezone
         stamps = []
