@@ -20,23 +20,29 @@ import polars as pl
 
 from tasks.checks import CheckResult, run_checks
 from tasks.config import Settings, key_fingerprint, pii_key
-from tasks.contract import CLEAN_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, REASONS
+from tasks.contract import (
+    CLEAN_SCHEMA,
+    QUARANTINE_SCHEMA,
+    RAW_SCHEMA,
+    REASONS,
+    REGION_DAILY_SCHEMA,
+)
 from tasks.errors import InfrastructureError
 from tasks.faults import barrier_point, kill_point
 from tasks.metrics import rows_done
 from tasks.sources import make_source
 from tasks.staging import PARQUET_WRITE, StagedDataset, Staging
 from tasks.transforms import (
+    WARNINGS,
     CountingHasher,
     EmailHasher,
     classified_rows,
     clean_trips,
     later_duplicates,
     passing_rules,
-    quality_warnings,
     quarantined_trips,
     reason_counts,
-    region_daily,
+    region_daily_and_warnings,
     repeated_id_hashes,
 )
 from tasks.warehouses import LedgerRow, LoadResult, StagedFiles, Usage, Warehouse, make_warehouse
@@ -150,15 +156,16 @@ def transform(ctx: RunContext) -> TransformOutput:
     rows_done("transform", clean.rows + quarantine.rows)
     kill_point("transform")  # clean and quarantine replaced, region_daily not yet
     barrier_point("transform")  # tests/cluster/test_fault_daily_killed.py holds the stage here
+    per_region = region_daily_and_warnings(clean.scan(CLEAN_SCHEMA)).collect()  # a row a region
     with staging.write("region_daily", ctx.run_date, ctx.run_id) as region_dir:
-        region_daily(clean.scan(CLEAN_SCHEMA)).sink_parquet(
+        per_region.select(REGION_DAILY_SCHEMA.keys()).write_parquet(
             region_dir / "part-00000.parquet", **PARQUET_WRITE
         )
     regions = staging.read("region_daily", ctx.run_date)
     q = quarantine.scan(QUARANTINE_SCHEMA)
     counts = reason_counts(q, REASONS).collect().row(0, named=True)
     examples = q.head(QUARANTINE_EXAMPLES).collect().to_dicts()
-    warnings = quality_warnings(clean.scan(CLEAN_SCHEMA)).collect().row(0, named=True)
+    warnings = per_region.select(pl.col(WARNINGS).sum()).row(0, named=True)
     return TransformOutput(
         clean=clean.folder,
         quarantine=quarantine.folder,

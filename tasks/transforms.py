@@ -341,12 +341,19 @@ def quarantined_trips(classified: pl.LazyFrame, run_id: str) -> pl.LazyFrame:
 
 def region_daily(clean: pl.LazyFrame) -> pl.LazyFrame:
     """Trips, distance and fare per day and region; fare per km is total fare / total distance."""
+    return region_daily_and_warnings(clean).select(REGION_DAILY_SCHEMA.keys())
+
+
+def region_daily_and_warnings(clean: pl.LazyFrame) -> pl.LazyFrame:
+    """``region_daily`` with each region's ``quality_warnings`` counts beside it (their sums are
+    the day's): one pass over the clean trips for both."""
     return (
         clean.group_by("trip_date", "region")
         .agg(
             trip_count=pl.len(),
             _distance=pl.col("distance_km").sum(),
             total_fare_usd=pl.col("fare_usd").sum(),
+            **_warning_counts(),
         )
         .with_columns(
             total_distance_km=pl.col("_distance").round(2),
@@ -354,7 +361,10 @@ def region_daily(clean: pl.LazyFrame) -> pl.LazyFrame:
             .then(pl.col("total_fare_usd").cast(pl.Float64) / pl.col("_distance"))
             .round(2),
         )
-        .select([pl.col(name).cast(dtype) for name, dtype in REGION_DAILY_SCHEMA.items()])
+        .select(
+            *[pl.col(name).cast(dtype) for name, dtype in REGION_DAILY_SCHEMA.items()],
+            *WARNINGS,
+        )
         .sort("trip_date", "region")
     )
 
@@ -366,12 +376,20 @@ def reason_counts(quarantine: pl.LazyFrame, reasons: tuple[str, ...]) -> pl.Lazy
     )
 
 
+#: The valid-but-odd trips ``quality_warnings`` counts.
+WARNINGS: Final = ("long_trips", "expensive_trips")
+
+
+def _warning_counts() -> dict[str, pl.Expr]:
+    return {
+        "long_trips": (pl.col("distance_km") > WARN_DISTANCE_KM).sum(),
+        "expensive_trips": (pl.col("fare_usd").cast(pl.Float64) > WARN_FARE_USD).sum(),
+    }
+
+
 def quality_warnings(clean: pl.LazyFrame) -> pl.LazyFrame:
     """One row counting valid-but-odd trips: very long, very expensive."""
-    return clean.select(
-        long_trips=(pl.col("distance_km") > WARN_DISTANCE_KM).sum(),
-        expensive_trips=(pl.col("fare_usd").cast(pl.Float64) > WARN_FARE_USD).sum(),
-    )
+    return clean.select(**_warning_counts())
 
 
 def region_window(region_days: pl.LazyFrame, end: date, days: int) -> pl.LazyFrame:

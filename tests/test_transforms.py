@@ -19,9 +19,11 @@ from tasks.transforms import (
     clean_trips,
     later_duplicates,
     passing_rules,
+    quality_warnings,
     quarantined_trips,
     reason_counts,
     region_daily,
+    region_daily_and_warnings,
     repeated_id_hashes,
     to_raw,
 )
@@ -199,6 +201,28 @@ def test_region_daily_fare_per_km_is_total_over_total() -> None:
         Decimal("20.00"),
     )
     assert out["region"].to_list() == ["eu-west", "us-east"]
+
+
+def test_region_daily_and_warnings_is_both_in_one_pass() -> None:
+    """The stage's one pass gives ``region_daily``'s rows and ``quality_warnings``' day counts."""
+    clean = clean_trips(
+        classify(
+            raw(
+                [
+                    {"trip_id": "A", "distance_km": 250.0, "fare_usd": 600.0},
+                    {"trip_id": "B", "distance_km": 9.0, "fare_usd": 501.0},
+                    {"trip_id": "C", "region": "eu-west", "distance_km": 201.0},
+                    {"trip_id": "D", "region": "eu-west", "distance_km": 2.0, "fare_usd": 3.0},
+                ]
+            ),
+            None,
+        ),
+        "r",
+    )
+    both = region_daily_and_warnings(clean).collect()
+    assert both.drop("long_trips", "expensive_trips").equals(region_daily(clean).collect())
+    assert both.select(pl.col("long_trips", "expensive_trips").sum()).row(0) == (2, 2)
+    assert quality_warnings(clean).collect().row(0) == (2, 2)
 
 
 def test_email_hash_is_keyed_normalized_and_never_clear() -> None:
