@@ -58,6 +58,11 @@ def raw(rows: list[dict[str, object]]) -> pl.LazyFrame:
     return pl.LazyFrame(filled, schema=RAW_SCHEMA)
 
 
+def clean_of(rows: list[dict[str, object]]) -> pl.LazyFrame:
+    """The clean trips of ``raw(rows)`` (no region set: any non-blank region is known)."""
+    return clean_trips(classify(raw(rows), None), "r")
+
+
 def reasons_of(
     frame: pl.LazyFrame, region_set: frozenset[str] | None = None
 ) -> dict[str, list[str]]:
@@ -178,18 +183,12 @@ def test_clean_derives_duration_fare_per_km_money_and_lineage() -> None:
 
 
 def test_region_daily_fare_per_km_is_total_over_total() -> None:
-    clean = clean_trips(
-        classify(
-            raw(
-                [
-                    {"trip_id": "A", "distance_km": 1.0, "fare_usd": 10.0},
-                    {"trip_id": "B", "distance_km": 9.0, "fare_usd": 10.0},
-                    {"trip_id": "C", "region": "eu-west", "distance_km": 2.0, "fare_usd": 3.0},
-                ]
-            ),
-            None,
-        ),
-        "r",
+    clean = clean_of(
+        [
+            {"trip_id": "A", "distance_km": 1.0, "fare_usd": 10.0},
+            {"trip_id": "B", "distance_km": 9.0, "fare_usd": 10.0},
+            {"trip_id": "C", "region": "eu-west", "distance_km": 2.0, "fare_usd": 3.0},
+        ]
     )
     out = region_daily(clean).collect()
     east = out.filter(pl.col("region") == "us-east").row(0, named=True)
@@ -205,19 +204,13 @@ def test_region_daily_fare_per_km_is_total_over_total() -> None:
 
 def test_region_daily_and_warnings_is_both_in_one_pass() -> None:
     """The stage's one pass gives ``region_daily``'s rows and ``quality_warnings``' day counts."""
-    clean = clean_trips(
-        classify(
-            raw(
-                [
-                    {"trip_id": "A", "distance_km": 250.0, "fare_usd": 600.0},
-                    {"trip_id": "B", "distance_km": 9.0, "fare_usd": 501.0},
-                    {"trip_id": "C", "region": "eu-west", "distance_km": 201.0},
-                    {"trip_id": "D", "region": "eu-west", "distance_km": 2.0, "fare_usd": 3.0},
-                ]
-            ),
-            None,
-        ),
-        "r",
+    clean = clean_of(
+        [
+            {"trip_id": "A", "distance_km": 250.0, "fare_usd": 600.0},
+            {"trip_id": "B", "distance_km": 9.0, "fare_usd": 501.0},
+            {"trip_id": "C", "region": "eu-west", "distance_km": 201.0},
+            {"trip_id": "D", "region": "eu-west", "distance_km": 2.0, "fare_usd": 3.0},
+        ]
     )
     both = region_daily_and_warnings(clean).collect()
     assert both.drop("long_trips", "expensive_trips").equals(region_daily(clean).collect())
