@@ -124,9 +124,12 @@ def _duckdb_file(spec: str) -> str | None:
 
 
 def _run_stages(ctx: RunContext, report: RunReport, landed_run_id: str | None) -> None:
-    """extract (unless it landed), transform, load, validate: each a Prefect task."""
+    """extract (unless it landed), transform, load, validate: each a Prefect task.
+
+    The transform runs next in this process, so the extract may apply it in its own pass.
+    """
     landed = stage_tasks.landed_extract(ctx, landed_run_id) if landed_run_id else None
-    report.extracted, measure = landed or stage_tasks.extract(ctx)
+    report.extracted, measure = landed or stage_tasks.extract(ctx, transform_in_pass=True)
     report.add_stage(measure)
     report.transformed, measure = stage_tasks.transform(ctx)
     report.add_stage(measure)

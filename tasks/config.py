@@ -71,6 +71,10 @@ class Settings:
     kafka_lateness_minutes: int = 60
     kafka_reread: str = "same"
     kafka_idle_timeout_s: int = 30
+    #: ``tripflow run`` (every stage in one process) transforms each part of a streaming source
+    #: (synthetic, PostgreSQL) as the extract reads it and stages no ``raw/``; true stages
+    #: ``raw/`` there too. Per-stage pods always stage it: it is what they hand on.
+    keep_raw: bool = False
     pii_key_file: str = ".tripflow/pii.key"
     #: From ``TRIPFLOW_PII_KEY`` only (never the TOML file, never a flag).
     pii_key: str | None = field(default=None, repr=False)
@@ -93,6 +97,12 @@ class Settings:
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
 _SECRET_FIELDS = {"pii_key"}
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True} | {
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -102,6 +112,13 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in _BOOLEANS:
+                raise ValueError(text)
+            return _BOOLEANS[text]
         if kind == "tuple[str, ...]":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(v).strip() for v in items if str(v).strip())

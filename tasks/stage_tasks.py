@@ -52,9 +52,11 @@ STAGE_TASK: dict[str, Any] = {
 
 
 @task(name="extract", timeout_seconds=3 * 3600, **STAGE_TASK)
-def extract(ctx: RunContext) -> tuple[ExtractOutput, dict[str, Any]]:
+def extract(
+    ctx: RunContext, transform_in_pass: bool = False
+) -> tuple[ExtractOutput, dict[str, Any]]:
     with measure("extract") as m, input_withheld("extract"):
-        out = stages.extract(ctx)
+        out = stages.extract(ctx, transform_in_pass=transform_in_pass)
     return out, m.as_dict()
 
 

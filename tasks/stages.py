@@ -3,7 +3,10 @@
 extract -> ``raw/``; transform ``raw/`` -> ``clean/``, ``quarantine/``, ``region_daily/``;
 load those into the run's own warehouse staging tables; validate there; publish the day.
 Each stage reads what the one before staged (never an in-memory frame), so any stage can run in
-its own process or pod and be retried alone. Prefect wrappers live in ``tasks.stage_tasks``.
+its own process or pod and be retried alone. The one exception is asked for by a caller that runs
+every stage in one process (``extract(ctx, transform_in_pass=True)``, ``tripflow run``): then the
+extract applies the transform to each part as it reads it and ``raw/`` is not staged
+(``tasks.streamed_transform``). Prefect wrappers live in ``tasks.stage_tasks``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from tasks import streamed_transform
 from tasks.checks import CheckResult, run_checks
 from tasks.config import Settings, key_fingerprint, pii_key
 from tasks.contract import (
@@ -31,6 +35,7 @@ from tasks.errors import InfrastructureError
 from tasks.faults import barrier_point, kill_point
 from tasks.metrics import rows_done
 from tasks.sources import make_source
+from tasks.sources.base import StreamingSource
 from tasks.staging import PARQUET_WRITE, StagedDataset, Staging
 from tasks.transforms import (
     WARNINGS,
@@ -72,6 +77,7 @@ class RunContext:
 
 @dataclass(frozen=True)
 class ExtractOutput:
+    #: The staged ``raw/`` folder; empty when the transform ran in the extract's pass.
     raw: str
     rows: int
     total_read: int
@@ -101,19 +107,41 @@ class TransformOutput:
     checksums: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def extract(ctx: RunContext) -> ExtractOutput:
-    """Read the day from the source into ``raw/`` (PII hashed before anything is written)."""
+def extract(ctx: RunContext, *, transform_in_pass: bool = False) -> ExtractOutput:
+    """Read the day from the source into ``raw/`` (PII hashed before anything is written).
+
+    ``transform_in_pass``: the caller runs the transform stage next, in this process; a
+    ``StreamingSource`` then hands each part to the transform as it is read, and ``raw/`` is not
+    staged unless the ``keep_raw`` setting asks for it.
+    """
     source = make_source(ctx.settings)
     key = pii_key(ctx.settings)
     hasher = CountingHasher(EmailHasher(key))
-    with ctx.staging.write("raw", ctx.run_date, ctx.run_id) as folder:
-        stats = source.extract(ctx.run_date, folder, hasher)
-        kill_point("extract")  # parts written, manifest not yet
-        barrier_point("extract")  # tests/cluster/test_fault_deadlines.py holds the stage here
-    raw = ctx.staging.read("raw", ctx.run_date)
+    if transform_in_pass and not ctx.settings.keep_raw and isinstance(source, StreamingSource):
+        staging = ctx.staging
+        scratch_in = None if staging.remote else staging.root / streamed_transform.SCRATCH
+        streamed = streamed_transform.StreamedTransform(
+            ctx.run_id, ctx.run_date, source.region_set, scratch_in
+        )
+        try:
+            stats = source.extract_parts(ctx.run_date, hasher, streamed.write_part)
+            kill_point("extract")  # parts transformed into scratch, nothing staged yet
+            barrier_point("extract")
+        except BaseException:
+            streamed.discard()
+            raise
+        streamed_transform.hand_over(streamed)
+        folder, rows, checksums = "", streamed.rows, streamed.raw_checksums()
+    else:
+        with ctx.staging.write("raw", ctx.run_date, ctx.run_id) as out_dir:
+            stats = source.extract(ctx.run_date, out_dir, hasher)
+            kill_point("extract")  # parts written, manifest not yet
+            barrier_point("extract")  # tests/cluster/test_fault_deadlines.py holds the stage here
+        raw = ctx.staging.read("raw", ctx.run_date)
+        folder, rows, checksums = raw.folder, raw.rows, raw.manifest["checksums"]
     return ExtractOutput(
-        raw=raw.folder,
-        rows=raw.rows,
+        raw=folder,
+        rows=rows,
         total_read=stats.total,
         other_days=stats.other_days,
         unattributed=stats.unattributed,
@@ -121,36 +149,29 @@ def extract(ctx: RunContext) -> ExtractOutput:
         source=source.description,
         source_fingerprint=source.fingerprint(),
         pii_key_fingerprint=key_fingerprint(key),
-        checksums=raw.manifest["checksums"],
-        source_read=raw.manifest["checksums"].get("source_read") or {},
+        checksums=checksums,
+        source_read=checksums.get("source_read") or {},
         email_shaped_values=dict(hasher.email_shaped),
     )
 
 
 def transform(ctx: RunContext) -> TransformOutput:
-    """Apply the contract's rules to ``raw/``; stage clean trips, quarantine and region totals."""
+    """Apply the contract's rules to ``raw/``; stage clean trips, quarantine and region totals.
+
+    When this run's extract applied them in its pass (``extract(ctx, transform_in_pass=True)``),
+    its parts are staged instead, with its held rows settled.
+    """
     staging = ctx.staging
-    raw = staging.read("raw", ctx.run_date)
-    region_set = make_source(ctx.settings).region_set
-    rows = raw.scan(RAW_SCHEMA)
-    # The repeated trip_ids are few: find them in small passes over the rows that pass the rules,
-    # then stream every row past them, writing clean and quarantine one after the other (one
-    # pass each keeps memory flat; one scan feeding both sinks through ``pl.collect_all`` peaked
-    # 300 MB higher and ran slower).
-    passing = passing_rules(rows, region_set)
-    buckets = max(1, -(-raw.rows // REPEATED_ID_BUCKET_ROWS))
-    repeated = pl.concat([repeated_id_hashes(rows, buckets, b).collect() for b in range(buckets)])
-    later = later_duplicates(passing, repeated).collect()
-    with (
-        staging.write("clean", ctx.run_date, ctx.run_id) as clean_dir,
-        staging.write("quarantine", ctx.run_date, ctx.run_id) as quarantine_dir,
-    ):
-        clean_trips(classified_rows(rows, region_set, later, valid=True), ctx.run_id).sink_parquet(
-            clean_dir / "part-00000.parquet", **PARQUET_WRITE
-        )
-        quarantined_trips(
-            classified_rows(rows, region_set, later, valid=False), ctx.run_id
-        ).sink_parquet(quarantine_dir / "part-00000.parquet", **PARQUET_WRITE)
+    streamed = streamed_transform.handed_over(ctx.run_id, ctx.run_date)
+    if streamed is None:
+        _transform_raw(ctx)
+    else:
+        with (
+            staging.write("clean", ctx.run_date, ctx.run_id) as clean_dir,
+            staging.write("quarantine", ctx.run_date, ctx.run_id) as quarantine_dir,
+        ):
+            streamed.finish(clean_dir, quarantine_dir)
+        streamed_transform.done(ctx.run_id)
     clean = staging.read("clean", ctx.run_date)
     quarantine = staging.read("quarantine", ctx.run_date)
     rows_done("transform", clean.rows + quarantine.rows)
@@ -177,6 +198,32 @@ def transform(ctx: RunContext) -> TransformOutput:
         warnings={k: int(v or 0) for k, v in warnings.items()},
         checksums={d.stage: d.manifest["checksums"] for d in (clean, quarantine, regions)},
     )
+
+
+def _transform_raw(ctx: RunContext) -> None:
+    """Stage ``clean/`` and ``quarantine/`` from the run's staged ``raw/``."""
+    staging = ctx.staging
+    raw = staging.read("raw", ctx.run_date)
+    region_set = make_source(ctx.settings).region_set
+    rows = raw.scan(RAW_SCHEMA)
+    # The repeated trip_ids are few: find them in small passes over the rows that pass the rules,
+    # then stream every row past them, writing clean and quarantine one after the other (one
+    # pass each keeps memory flat; one scan feeding both sinks through ``pl.collect_all`` peaked
+    # 300 MB higher and ran slower).
+    passing = passing_rules(rows, region_set)
+    buckets = max(1, -(-raw.rows // REPEATED_ID_BUCKET_ROWS))
+    repeated = pl.concat([repeated_id_hashes(rows, buckets, b).collect() for b in range(buckets)])
+    later = later_duplicates(passing, repeated).collect()
+    with (
+        staging.write("clean", ctx.run_date, ctx.run_id) as clean_dir,
+        staging.write("quarantine", ctx.run_date, ctx.run_id) as quarantine_dir,
+    ):
+        clean_trips(classified_rows(rows, region_set, later, valid=True), ctx.run_id).sink_parquet(
+            clean_dir / "part-00000.parquet", **PARQUET_WRITE
+        )
+        quarantined_trips(
+            classified_rows(rows, region_set, later, valid=False), ctx.run_id
+        ).sink_parquet(quarantine_dir / "part-00000.parquet", **PARQUET_WRITE)
 
 
 def _transformed(ctx: RunContext) -> tuple[StagedDataset, StagedDataset, StagedDataset]:

@@ -57,8 +57,7 @@ from tasks.contract import CONTRACT_COLUMNS
 from tasks.errors import InfrastructureError, SchemaError, UsageError, describe_value
 from tasks.formats import MAX_ABS_NUMBER
 from tasks.metrics import rows_done
-from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
-from tasks.staging import RAW_PARQUET_WRITE
+from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail, PartWriter, raw_part_writer
 from tasks.transforms import to_raw, value_fingerprint
 
 T = TypeVar("T")
@@ -483,6 +482,11 @@ class PostgresSource:
                 )
 
     def extract(self, run_date: date, out_dir: Path, hash_email: HashEmail) -> ExtractStats:
+        return self.extract_parts(run_date, hash_email, raw_part_writer(out_dir))
+
+    def extract_parts(
+        self, run_date: date, hash_email: HashEmail, write_part: PartWriter
+    ) -> ExtractStats:
         dsn = self._dsn_or_fail()
         source_name = f"postgres:{self.target}/{self.schema}.{self.table}"
         conn = connect_adbc(
@@ -501,7 +505,9 @@ class PostgresSource:
                 )
                 cur.execute(self.query(run_date, described))
                 reader = cur.fetch_record_batch()
-                return self._stream(reader, run_date, out_dir, hash_email, source_name, described)
+                return self._stream(
+                    reader, run_date, write_part, hash_email, source_name, described
+                )
         except adbc_driver_manager.Error as exc:
             reason = _scrub(str(exc), dsn)
             if getattr(exc, "sqlstate", None) == "57014":
@@ -544,7 +550,7 @@ class PostgresSource:
         self,
         reader: pa.RecordBatchReader,
         run_date: date,
-        out_dir: Path,
+        sink: PartWriter,
         hash_email: HashEmail,
         source_name: str,
         described: list[_Column],
@@ -561,9 +567,7 @@ class PostgresSource:
         def write_part(part: int, batches: list[pa.RecordBatch], first: int) -> None:
             frame = self._contract(batches, first, described)
             self._check_numbers(frame, described, fingerprint)
-            to_raw(frame, run_date, source_name, hash_email).sink_parquet(
-                out_dir / f"part-{part:05d}.parquet", **RAW_PARQUET_WRITE
-            )
+            sink(to_raw(frame, run_date, source_name, hash_email), part)
             rows_done("extract", sum(batch.num_rows for batch in batches))
 
         def writer() -> None:

@@ -21,8 +21,7 @@ import numpy as np
 import polars as pl
 
 from tasks.metrics import rows_done
-from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail
-from tasks.staging import RAW_PARQUET_WRITE
+from tasks.sources.base import EMPTY_STATS, ExtractStats, HashEmail, PartWriter, raw_part_writer
 from tasks.transforms import to_raw
 
 CHUNK_ROWS: Final = 500_000
@@ -164,6 +163,11 @@ class SyntheticSource:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def extract(self, run_date: date, out_dir: Path, hash_email: HashEmail) -> ExtractStats:
+        return self.extract_parts(run_date, hash_email, raw_part_writer(out_dir))
+
+    def extract_parts(
+        self, run_date: date, hash_email: HashEmail, write_part: PartWriter
+    ) -> ExtractStats:
         starts = list(range(0, self.rows, CHUNK_ROWS))
 
         def generate(start: int) -> pl.DataFrame:
@@ -186,9 +190,7 @@ class SyntheticSource:
                 if part + 1 < len(starts):
                     pending = pool.submit(generate, starts[part + 1])
                 name = f"synthetic:seed={self.seed}:part-{part:05d}"
-                to_raw(chunk.lazy(), run_date, name, hash_email).sink_parquet(
-                    out_dir / f"part-{part:05d}.parquet", **RAW_PARQUET_WRITE
-                )
+                write_part(to_raw(chunk.lazy(), run_date, name, hash_email), part)
                 stats = stats + ExtractStats(chunk.height, chunk.height, 0, 0, 1)
                 rows_done("extract", chunk.height)
                 del chunk

@@ -81,8 +81,12 @@ def test_source_terminated_mid_extract_is_retried_and_published_once(
     # The first attempt's failure, as logged: host and database, never the password.
     assert "PostgreSQL source" in proc.stderr and "Retry 1/2" in proc.stderr, proc.stderr[-3000:]
     assert PASSWORD not in proc.stderr and PASSWORD not in proc.stdout
-    raw = Staging(str(workdir / ".tripflow" / "staging")).read("raw", DAY)
-    assert raw.rows == ROWS
+    # The retried extract applied the transform in its pass (no raw/): every row staged once, and
+    # the failed attempt's scratch is gone.
+    staging = Staging(str(workdir / ".tripflow" / "staging"))
+    assert staging.read("clean", DAY).rows + staging.read("quarantine", DAY).rows == ROWS
+    assert not (workdir / ".tripflow" / "staging" / "raw").exists()
+    assert not any((workdir / ".tripflow" / "staging" / ".transform").iterdir())
     with duckdb.connect(str(workdir / ".tripflow" / "warehouse.duckdb"), read_only=True) as db:
         published = db.execute(
             "SELECT count(*), count(DISTINCT trip_id) FROM analytics.trips"
