@@ -30,9 +30,15 @@ from typing import Any, Final
 import numpy as np
 import polars as pl
 
-from tasks.contract import LINEAGE, REASONS
+from tasks.contract import LINEAGE
 from tasks.staging import PARQUET_WRITE, RAW_PARQUET_WRITE
-from tasks.transforms import REASON_BITS, clean_trips, quarantined_trips, rule_bits
+from tasks.transforms import (
+    REASON_BITS,
+    clean_trips,
+    later_duplicates,
+    quarantined_trips,
+    rule_bits,
+)
 
 #: The Bloom filter's bits (64 MiB): fixed, never sized to a day. At 8M valid rows ~0.1% of them
 #: are false positives, at 32M ~1.3%; each costs only a held row, settled exactly.
@@ -41,7 +47,6 @@ BLOOM_BITS: Final = 1 << 29
 SCRATCH: Final = ".transform"
 _VALID: Final = pl.lit(0, dtype=pl.UInt8).alias("_reason_bits")
 _REPEAT: Final = pl.lit(REASON_BITS["duplicate_trip_id"], dtype=pl.UInt8).alias("_reason_bits")
-assert "duplicate_trip_id" in REASONS
 
 
 class BloomFilter:
@@ -84,10 +89,9 @@ class StreamedTransform:
             self.scratch = Path(tempfile.mkdtemp(prefix="tripflow-transform-"))
         else:
             scratch_in.mkdir(parents=True, exist_ok=True)
+            # A killed run's scratch (runs of a day take turns, so none of it is in use).
             for stale in scratch_in.glob(f"{run_date.isoformat()}-*"):
-                shutil.rmtree(
-                    stale, ignore_errors=True
-                )  # a killed run's (runs of a day take turns)
+                shutil.rmtree(stale, ignore_errors=True)
             self.scratch = scratch_in / f"{run_date.isoformat()}-{run_id}"
             self.scratch.mkdir()
         self._remove = weakref.finalize(self, shutil.rmtree, self.scratch, ignore_errors=True)
@@ -148,39 +152,28 @@ class StreamedTransform:
         if not held_files:
             return
         held = pl.scan_parquet(held_files)
-        hashes = held.select(pl.col("trip_id").hash().unique()).collect().to_series()
+        repeated = held.select(_h=pl.col("trip_id").hash()).unique().collect()
         clean = pl.scan_parquet(sorted((self.scratch / "clean").glob("part-*.parquet")))
-        candidates = (
-            pl.concat(
-                [
-                    clean.filter(pl.col("trip_id").hash().is_in(hashes.implode()))
-                    .select("trip_id", *LINEAGE)
-                    .with_columns(_held=pl.lit(False)),
-                    held.select("trip_id", *LINEAGE).with_columns(_held=pl.lit(True)),
-                ]
-            )
-            .sort("trip_id", *LINEAGE)
-            .with_columns(_first=pl.col("trip_id").is_first_distinct())
-            .collect()
-        )
-        if candidates.filter(~pl.col("_first") & ~pl.col("_held")).height:
+        # The transform stage's own rule over the held rows and the staged clean rows.
+        on = list(LINEAGE)
+        rows = pl.concat([clean.select("trip_id", *on), held.select("trip_id", *on)])
+        repeats = later_duplicates(rows.with_columns(_VALID), repeated).collect()
+        held_repeats = held.join(repeats.lazy(), on=on, how="semi")
+        if held_repeats.select(pl.len()).collect().item() != repeats.height:
             raise RuntimeError(
                 "streamed transform: a staged clean row repeats an earlier trip_id; the source's "
                 "rows did not arrive in lineage order"
             )
-        first = candidates.filter(pl.col("_first") & pl.col("_held")).select(LINEAGE)
-        repeats = candidates.filter(~pl.col("_first")).select(LINEAGE)
         name = f"part-{self.parts:05d}.parquet"
-        if first.height:
-            clean_trips(
-                held.join(first.lazy(), on=list(LINEAGE), how="semi").with_columns(_VALID),
-                self.run_id,
-            ).sink_parquet(clean_dir / name, **PARQUET_WRITE)
+        first = held.join(repeats.lazy(), on=on, how="anti")
+        if first.select(pl.len()).collect().item():
+            clean_trips(first.with_columns(_VALID), self.run_id).sink_parquet(
+                clean_dir / name, **PARQUET_WRITE
+            )
         if repeats.height:
-            quarantined_trips(
-                held.join(repeats.lazy(), on=list(LINEAGE), how="semi").with_columns(_REPEAT),
-                self.run_id,
-            ).sink_parquet(quarantine_dir / name, **PARQUET_WRITE)
+            quarantined_trips(held_repeats.with_columns(_REPEAT), self.run_id).sink_parquet(
+                quarantine_dir / name, **PARQUET_WRITE
+            )
 
     def discard(self) -> None:
         """Remove the scratch folder."""
