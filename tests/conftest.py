@@ -2,7 +2,11 @@
 
 The server (``prefect server start``, a real one on a free loopback port) is started once, because
 starting one costs ~15-20 s. In-process flows and ``tripflow`` subprocesses both use it through
-``PREFECT_API_URL``. Most logic is tested on the plain functions, without Prefect.
+``PREFECT_API_URL``. Its database is a throwaway PostgreSQL server (tests/pg/pgserver.py), as on a
+data team's Prefect server: on SQLite, tests/cluster's backfill fan-out (several pods' runs, their
+logs and events, the worker, the triggers) once got ``503 Service Unavailable`` six times in a row
+(SQLite's one writer, SQLITE_BUSY) and the backfill run failed. Most logic is tested on the plain
+functions, without Prefect.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "pg"))  # tests/pg is not a package
+
+from pgserver import PASSWORD, USER, ThrowawayPostgres
 
 
 def _free_port() -> int:
@@ -36,10 +44,33 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.pop("TRIPFLOW_PII_KEY", None)
 
 
+_PREFECT_DATABASE = "prefect"
+
+
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[str]:
-    """A real Prefect server for the session; yields its API URL."""
+def prefect_database() -> Iterator[ThrowawayPostgres]:
+    """The session's Prefect server's PostgreSQL (its ``prefect`` database)."""
+    server = ThrowawayPostgres().start()
+    try:
+        server.psql_local(f"CREATE DATABASE {_PREFECT_DATABASE}", db="postgres")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(prefect_database: ThrowawayPostgres) -> Iterator[str]:
+    """A real Prefect server for the session, on PostgreSQL; yields its API URL."""
     api = os.environ["PREFECT_API_URL"]
+    db_url = (
+        f"postgresql+asyncpg://{USER}:{PASSWORD}@127.0.0.1:{prefect_database.port}"
+        f"/{_PREFECT_DATABASE}"
+    )
+    env = {
+        **os.environ,
+        "PREFECT_API_DATABASE_CONNECTION_URL": db_url,  # the server's alone: clients need none
+        "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",  # a 503's cause, in server.log
+    }
     log = open(Path(_HOME) / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [
@@ -55,7 +86,7 @@ def prefect_server() -> Iterator[str]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=os.environ.copy(),
+        env=env,
     )
     deadline = time.monotonic() + 180
     while True:
@@ -105,9 +136,32 @@ CLUSTER_TESTS = Path(__file__).resolve().parent / "cluster"
 _cluster_started: list[float] = []
 
 
+_SERVER_LOG = Path(_HOME) / "server.log"
+_server_log_offset: list[int] = [0]
+
+
 def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
     if not _cluster_started and nodeid.startswith("tests/cluster/"):
         _cluster_started.append(time.monotonic())
+    _server_log_offset[0] = _SERVER_LOG.stat().st_size if _SERVER_LOG.exists() else 0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries the errors the session's Prefect server logged meanwhile
+    (a 503 says only "Service Unavailable"; its cause is in the server's log)."""
+    report = yield
+    if report.failed and _SERVER_LOG.exists():
+        with _SERVER_LOG.open("rb") as log:
+            log.seek(_server_log_offset[0])
+            lines = log.read().decode(errors="replace").splitlines()
+        errors = [i for i, line in enumerate(lines) if "| ERROR" in line]
+        if errors:
+            text = "\n".join(lines[errors[0] :][-80:])
+            report.sections.append(("Prefect server errors during the test", text))
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

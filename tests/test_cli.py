@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from helpers import TLC_CSV, tripflow
+from pgserver import ThrowawayPostgres
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -182,7 +183,9 @@ def test_configuration_layers_toml_env_flags(workdir: Path) -> None:
     assert code == 1
 
 
-def test_no_clear_text_pii_or_key_anywhere_on_disk(workdir: Path) -> None:
+def test_no_clear_text_pii_or_key_anywhere_on_disk(
+    workdir: Path, prefect_database: ThrowawayPostgres
+) -> None:
     canary = "canary-7f3a@rider.example"
     key = "canary-key-3b1e9d0c5a7f"
     csv = workdir / "trips.csv"
@@ -215,6 +218,10 @@ def test_no_clear_text_pii_or_key_anywhere_on_disk(workdir: Path) -> None:
                 assert canary.encode() not in data.lower(), path
                 assert key.encode() not in data, path
     assert searched > 10
+    # The session's Prefect server keeps runs, logs, artifacts and blocks in PostgreSQL.
+    server_data = prefect_database.dump("prefect")
+    assert b"flow_run" in server_data and b"2025-11-15" in server_data  # this run is in it
+    assert canary.encode() not in server_data.lower() and key.encode() not in server_data
 
 
 def test_backfill_runs_each_day_and_lists_the_failed_one(workdir: Path) -> None:

@@ -197,6 +197,6 @@ def test_spot_reclaimed_transform_runs_one_at_a_time_and_publishes_once(
         # A pod's startedAt has 1 s resolution (rounded down): closer than that is not an overlap.
         overlaps = [(a, b) for a, b in itertools.pairwise(intervals) if b[0] + 1 < a[1]]
         assert not overlaps, f"two transform executions side by side: {intervals}"
-        assert final.state.name == "Completed", final.state
+        assert final.state.name == "Completed", final.state.message
         published = [r for r in _ledger(deployed, day) if r[1] == "published"]
         assert len(published) == 1, published

@@ -140,7 +140,7 @@ def test_backfill_days_fan_out_under_the_concurrency_limit_and_a_failing_day_is_
         finally:
             stop.set()
             sampler.join(timeout=30)
-    assert final.state.name == "Completed", final.state
+    assert final.state.name == "Completed", final.state.message
 
     day_runs = asyncio.run(_day_runs(started))
     by_day = {str(r.parameters["run_date"]): r for r in day_runs}

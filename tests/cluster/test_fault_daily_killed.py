@@ -228,7 +228,7 @@ def test_daily_pod_killed_mid_stage_never_two_writers_on_one_day(
             f"re-run were already Running: "
             f"{[(s, str(r), round(t - killed_at, 1)) for s, r, t in overlapping]}"
         )
-        assert final.state.name == "Completed", final.state
+        assert final.state.name == "Completed", final.state.message
         # Published by the re-run (and, on 1.20, possibly before it by the killed run's
         # replacement pod: one after the other, each a whole day, never side by side).
         published = published_runs(shared_warehouse, DAY)

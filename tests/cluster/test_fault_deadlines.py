@@ -172,7 +172,7 @@ def test_stuck_stage_is_alerted_before_its_deadline_then_fails_deadline_exceeded
         # The day dispatches the crashed stage once more (flows.dispatch) and goes on.
         daily = deployed.deployment("daily-trip-etl")["work_pool"]["job_variables"]
         final = wait_final(deployed, flow_run_id, daily["active_deadline_seconds"] + 120)
-        assert final.state.name == "Completed", final.state
+        assert final.state.name == "Completed", final.state.message
         stages = stages_of(child_runs(flow_run_id))
         assert stages == ["extract", "extract", "transform", "load", "validate"], stages
 

@@ -118,6 +118,15 @@ class ThrowawayPostgres:
         )
         return out.stdout
 
+    def dump(self, db: str = DATABASE) -> bytes:
+        """``pg_dump`` of ``db`` (plain SQL, data included), over the Unix socket."""
+        where = ["-h", str(self.root), "-p", str(self.port), "-U", USER]
+        return subprocess.run(
+            [str(self.bindir / "pg_dump"), *where, db],
+            check=True,
+            capture_output=True,
+        ).stdout
+
     def dsn(self, *, password: str = PASSWORD, port: int | None = None, db: str = DATABASE) -> str:
         return (
             f"postgresql://{USER}:{password}@127.0.0.1:{port or self.port}/{db}?connect_timeout=5"
