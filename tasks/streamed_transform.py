@@ -65,7 +65,13 @@ class BloomFilter:
             byte = index >> np.uint64(3)
             bit = np.left_shift(np.uint8(1), (index & np.uint64(7)).astype(np.uint8))
             seen &= (self._bytes[byte] & bit) > 0
-            np.bitwise_or.at(self._bytes, byte, bit)
+            # Where a byte is named twice, the assignment keeps one of their bits: set the others
+            # again until every bit is in (``np.bitwise_or.at`` does it in one go, at twice the
+            # CPU: 1.8 against 0.9 CPU-s for 8M hashes).
+            while len(byte):
+                self._bytes[byte] |= bit
+                lost = (self._bytes[byte] & bit) == 0
+                byte, bit = byte[lost], bit[lost]
         return seen
 
 

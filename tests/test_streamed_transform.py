@@ -97,6 +97,17 @@ def test_a_bloom_filter_never_forgets_a_hash() -> None:
     assert seen.seen_then_add(others).mean() < 0.05  # 2 bits a hash of 65,536: ~0.1% expected
 
 
+def test_a_bloom_filter_keeps_every_bit_of_hashes_that_share_a_byte() -> None:
+    """64 hashes whose both bit positions fall in the first 8 bytes, all 8 bits of each: one
+    vectorised assignment keeps one bit a byte, so the rest must be set again."""
+    seen = streamed_transform.BloomFilter(1 << 16)
+    hashes = np.array([i | (i << 32) for i in range(64)], dtype=np.uint64)
+    assert not seen.seen_then_add(hashes).any()
+    assert seen.seen_then_add(hashes).all()
+    for i in range(64):
+        assert seen.seen_then_add(hashes[i : i + 1]).all(), i
+
+
 def _raw_part(trip_ids: list[str], rows: list[int]) -> pl.LazyFrame:
     at = datetime(2025, 11, 15, 8, tzinfo=UTC)
     return pl.LazyFrame(

@@ -80,12 +80,31 @@ REQUIRED_COLUMNS: Final = ("trip_id", "pickup_ts", "distance_km", "fare_usd", "r
 TIMESTAMP_COLUMNS: Final = ("pickup_ts", "dropoff_ts")
 NUMBER_COLUMNS: Final = ("distance_km", "fare_usd")
 #: Number types the day's query reads as they are; the others are cast to ``float8`` by the server
-#: (an integer's cast is cheap). ``numeric`` crosses in PostgreSQL's binary form, which the driver
-#: writes out as decimal text and the client parses (``_contract``): PostgreSQL's own
-#: ``numeric::float8`` formats every value as text and parses it back, in the one server process
-#: that bounds the read (its CPU for an 8M-trip day's read: ~11.3 -> ~9.7 s). Both parses round
-#: correctly, so the floats are the same.
+#: (an integer's cast is cheap). A ``numeric`` whose declared precision and scale fit a float8
+#: (``numeric(10, 2)``, see ``FLOAT8_SAFE_DIGITS``) is cast too: PostgreSQL formats it as text and
+#: parses it back (~1.5 CPU-s of the server for an 8M-trip day), where reading it in binary cost the
+#: driver ~4.5 CPU-s writing it out as decimal text and the client more parsing it — with the
+#: transform in the extract's pass, the two stages measured 0.3-1.7 s faster and ~4 CPU-s lighter
+#: (bench/README.md). An unconstrained ``numeric`` (which may hold 1e400, beyond a float8: the
+#: server's cast would fail the whole read) crosses in binary and is parsed by the client
+#: (``_contract``). Both parses round correctly, so the floats are the same.
 NUMBERS_READ_AS_THEY_ARE: Final = frozenset({"double precision", "numeric"})
+#: A declared ``numeric(p, s)`` casts to float8 without overflow or underflow when it has at most
+#: this many digits before the point (p - s) and after it (s).
+FLOAT8_SAFE_DIGITS: Final = 300
+_DECLARED_NUMERIC = re.compile(r"^numeric\((\d+),(-?\d+)\)$")
+
+
+def fits_float8(declared: str | None) -> bool:
+    """Whether a column's declared type (``format_type`` with its modifier) is a ``numeric(p, s)``
+    whose every value converts to float8 without overflow or underflow."""
+    found = _DECLARED_NUMERIC.match(declared or "")
+    if found is None:
+        return False
+    precision, scale = int(found[1]), int(found[2])
+    return precision - scale <= FLOAT8_SAFE_DIGITS and scale <= FLOAT8_SAFE_DIGITS
+
+
 NUMBER_TYPES: Final = frozenset(
     {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
 )
@@ -268,6 +287,7 @@ class _Column:
     contract: str
     column: str | None
     pg_type: str | None
+    declared: str | None = None  # with its modifier, e.g. numeric(10,2)
 
 
 class PostgresSource:
@@ -320,13 +340,16 @@ class PostgresSource:
 
     def _describe(self, cur: Any) -> list[_Column]:
         cur.execute(
-            "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a "
+            "SELECT a.attname::text, format_type(a.atttypid, NULL), "
+            "format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a "
             "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
             (self.schema, self.table),
         )
-        types = {str(name): str(kind) for name, kind in cur.fetchall()}
+        rows = cur.fetchall()
+        types = {str(name): str(kind) for name, kind, _ in rows}
+        declared = {str(name): str(full) for name, _, full in rows}
         qualified = f"{self.schema}.{self.table}"
         where = f"PostgreSQL {self.target} table {qualified}"
         if not types:
@@ -354,7 +377,7 @@ class PostgresSource:
                     file=where,
                     column=column,
                 )
-            described.append(_Column(contract, column, kind))
+            described.append(_Column(contract, column, kind, declared[column]))
         return described
 
     # ---- the query --------------------------------------------------------------------------
@@ -382,7 +405,9 @@ class PostgresSource:
                 items.append(sql.SQL("NULL::{} AS {}").format(sql.SQL(null_type), alias))
                 continue
             ident = sql.Identifier(col.column)
-            if col.contract in NUMBER_COLUMNS and col.pg_type not in NUMBERS_READ_AS_THEY_ARE:
+            if col.contract in NUMBER_COLUMNS and (
+                col.pg_type not in NUMBERS_READ_AS_THEY_ARE or fits_float8(col.declared)
+            ):
                 items.append(sql.SQL("{}::float8 AS {}").format(ident, alias))
             elif (
                 col.contract in NUMBER_COLUMNS  # see NUMBERS_READ_AS_THEY_ARE
@@ -469,7 +494,7 @@ class PostgresSource:
         probe = frame.select(
             *[pl.col("_source_row").filter(b).first().alias(f"{n}__row") for n, b in bad.items()],
             *[
-                pl.col(n).cast(pl.String).filter(b).first().alias(f"{n}__value")
+                pl.col(n).filter(b).first().cast(pl.String).alias(f"{n}__value")
                 for n, b in bad.items()
             ],
         ).collect()

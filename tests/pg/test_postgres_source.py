@@ -17,7 +17,7 @@ from tasks.config import load_settings
 from tasks.contract import RAW_SCHEMA
 from tasks.errors import InfrastructureError, SchemaError, UsageError
 from tasks.sources import make_source
-from tasks.sources.postgres import TABLE_DDL, PostgresSource, seed
+from tasks.sources.postgres import TABLE_DDL, PostgresSource, fits_float8, seed
 from tasks.transforms import EmailHasher
 
 DAY = date(2025, 11, 15)
@@ -230,6 +230,7 @@ def test_missing_or_retyped_column_is_a_schema_error_naming_it(
         ("fare_usd", "'NaN'::numeric", "text of 3 characters, shape 'a'"),
         ("fare_usd", "'-Infinity'::numeric", "text of 4 characters, shape '-a'"),
         ("fare_usd", "1e13::numeric", "text of 16 characters, shape '9.9'"),
+        ("fare_usd", "1e400::numeric", "text of 3 characters, shape 'a'"),  # no float8 holds it
         ("distance_km", "1e13", "text of 16 characters, shape '9.9'"),
         ("distance_km", "'NaN'::float8", "text of 3 characters, shape 'a'"),
         ("distance_km", "'-Infinity'::float8", "text of 4 characters, shape '-a'"),
@@ -244,7 +245,7 @@ def test_a_number_the_contract_cannot_hold_is_a_schema_error_that_describes_it(
     create(pg, table)
     start = datetime(2025, 11, 15, 8, tzinfo=ZoneInfo("UTC"))
     insert(pg, table, [(f"t{i}", start + timedelta(minutes=i)) for i in range(3)])
-    if value in ("'-Infinity'::numeric", "1e13::numeric"):  # beyond numeric(10, 2)
+    if value in ("'-Infinity'::numeric", "1e13::numeric", "1e400::numeric"):  # not numeric(10, 2)
         pg.psql_local(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE numeric")
     pg.psql_local(f"UPDATE {table} SET {column} = {value} WHERE trip_id = 't2'")
     with pytest.raises(SchemaError) as info:
@@ -256,14 +257,17 @@ def test_a_number_the_contract_cannot_hold_is_a_schema_error_that_describes_it(
     assert "NaN" not in info.value.message and "10000000000000" not in info.value.message
 
 
-def test_numbers_are_never_formatted_as_text_by_postgresql(
-    pg: ThrowawayPostgres, table: str, tmp_path: Path
+@pytest.mark.parametrize("fare_type", ["numeric(10, 2)", "numeric"])
+def test_numbers_cross_as_float8_where_every_value_fits_one(
+    pg: ThrowawayPostgres, table: str, tmp_path: Path, fare_type: str
 ) -> None:
-    """``double precision`` is read as it is and ``numeric`` in PostgreSQL's binary form (which the
-    driver writes out as decimal text for the client to parse): PostgreSQL never formats a value
-    as text (its ``numeric::float8`` does, ~1.6 CPU-s of the one server process of an 8M-trip
-    day's read). The floats are the ones PostgreSQL's own cast gives, awkward values included."""
+    """``double precision`` is read as it is; a ``numeric(p, s)`` that fits a float8 is cast by
+    the server (cheaper than the driver writing it out as decimal text for the client to parse);
+    an unconstrained ``numeric``, which may hold 1e400, crosses in binary as the driver's decimal
+    text, parsed by the client. The floats are the ones PostgreSQL's own cast gives either way,
+    awkward values included."""
     create(pg, table)  # distance_km double precision, fare_usd numeric(10, 2)
+    pg.psql_local(f"ALTER TABLE {table} ALTER COLUMN fare_usd TYPE {fare_type}")
     start = datetime(2025, 11, 15, 8, tzinfo=ZoneInfo("UTC"))
     fares = ["0.10", "0.07", "12345678.91", "-0.01", "99999999.99", "1.005", "0.00"]
     insert(pg, table, [(f"t{i}", start + timedelta(minutes=i)) for i in range(len(fares))])
@@ -283,9 +287,12 @@ def test_numbers_are_never_formatted_as_text_by_postgresql(
         DAY, tmp_path, EmailHasher(KEY)
     )
     assert str(wire["distance_km"]) == "double", wire
-    fare_type = wire["fare_usd"]
-    assert isinstance(fare_type, pa.BaseExtensionType), wire
-    assert fare_type.storage_type == pa.string(), wire
+    fare_wire = wire["fare_usd"]
+    if fare_type == "numeric":
+        assert isinstance(fare_wire, pa.BaseExtensionType), wire
+        assert fare_wire.storage_type == pa.string(), wire
+    else:
+        assert str(fare_wire) == "double", wire
     frame = raw(tmp_path).sort("trip_id")
     with psycopg.connect(pg.dsn()) as conn:
         cast = conn.execute(
@@ -294,6 +301,14 @@ def test_numbers_are_never_formatted_as_text_by_postgresql(
     assert frame["distance_km"].to_list() == [c[0] for c in cast]
     assert frame["fare_usd"].to_list() == [c[1] for c in cast]
     assert frame["distance_km"][1] == 0.1 + 0.2 and frame["fare_usd"][0] == 0.1
+
+
+def test_only_a_numeric_that_fits_a_float8_is_cast_by_the_server() -> None:
+    assert fits_float8("numeric(10,2)") and fits_float8("numeric(300,0)")
+    assert fits_float8("numeric(5,-2)") and fits_float8("numeric(300,300)")
+    assert not fits_float8("numeric") and not fits_float8(None)
+    assert not fits_float8("numeric(301,0)") and not fits_float8("numeric(1000,500)")
+    assert not fits_float8("numeric(300,-2)") and not fits_float8("numeric(301,301)")
 
 
 def test_identifiers_are_validated(pg: ThrowawayPostgres) -> None:
