@@ -82,9 +82,9 @@ NUMBER_COLUMNS: Final = ("distance_km", "fare_usd")
 #: Number types the day's query reads as they are; the others are cast to ``float8`` by the server
 #: (an integer's cast is cheap). A ``numeric`` whose declared precision and scale fit a float8
 #: (``numeric(10, 2)``, see ``FLOAT8_SAFE_DIGITS``) is cast too: PostgreSQL formats it as text and
-#: parses it back (~1.5 CPU-s of the server for an 8M-trip day), where reading it in binary cost the
-#: driver ~4.5 CPU-s writing it out as decimal text and the client more parsing it — with the
-#: transform in the extract's pass, the two stages measured 0.3-1.7 s faster and ~4 CPU-s lighter
+#: parses it back (~1.2 CPU-s of the server for an 8M-trip day), where reading it in binary cost the
+#: driver ~4 CPU-s writing it out as decimal text and the client more parsing it — with the
+#: transform in the extract's pass, the two stages measured 0.3-1.5 s faster and ~4 CPU-s lighter
 #: (bench/README.md). An unconstrained ``numeric`` (which may hold 1e400, beyond a float8: the
 #: server's cast would fail the whole read) crosses in binary and is parsed by the client
 #: (``_contract``). Both parses round correctly, so the floats are the same.
