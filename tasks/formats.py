@@ -291,8 +291,9 @@ def _tlc_to_contract(lf: pl.LazyFrame, ctx: FormatContext) -> pl.LazyFrame:
     ]
     return contract_columns(
         lf.join(zones, on="pickup_location_id", how="left", maintain_order="left").with_columns(
+            # Elementwise: a scan streams through it a batch at a time (as ``to_raw``'s hashes).
             trip_id=pl.concat_str(canonical, separator="\x1f").map_batches(
-                _stable_hash, return_dtype=pl.String
+                _stable_hash, return_dtype=pl.String, is_elementwise=True
             ),
             pickup_ts=pl.col("pickup_datetime"),
             dropoff_ts=pl.col("dropoff_datetime")
