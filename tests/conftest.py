@@ -37,6 +37,7 @@ def _free_port() -> int:
 
 _HOME = tempfile.mkdtemp(prefix="tripflow-prefect-home-")
 _PORT = _free_port()
+_SERVER_LOG = Path(_HOME) / "server.log"
 os.environ["PREFECT_HOME"] = _HOME
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -71,7 +72,7 @@ def prefect_server(prefect_database: ThrowawayPostgres) -> Iterator[str]:
         "PREFECT_API_DATABASE_CONNECTION_URL": db_url,  # the server's alone: clients need none
         "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",  # a 503's cause, in server.log
     }
-    log = open(Path(_HOME) / "server.log", "w")  # noqa: SIM115 - closed below
+    log = open(_SERVER_LOG, "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -99,9 +100,7 @@ def prefect_server(prefect_database: ThrowawayPostgres) -> Iterator[str]:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             log.close()
-            raise RuntimeError(
-                "Prefect server did not start:\n" + (Path(_HOME) / "server.log").read_text()
-            )
+            raise RuntimeError("Prefect server did not start:\n" + _SERVER_LOG.read_text())
         time.sleep(0.5)
     yield api
     # Send the last in-process logs before the server goes away.
@@ -134,9 +133,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 CLUSTER_TESTS = Path(__file__).resolve().parent / "cluster"
 _cluster_started: list[float] = []
-
-
-_SERVER_LOG = Path(_HOME) / "server.log"
 _server_log_offset: list[int] = [0]
 
 
